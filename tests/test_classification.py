@@ -1,0 +1,296 @@
+"""Section 2 (complaint classification): the notebook's lib cells, tested without a kernel or a network."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, SHARED_COMPLAINTS
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+FIXTURE_CSV = REPO / "tests" / "fixtures" / "complaints_synthetic.csv"
+NARRATIVE = "Consumer complaint narrative"
+LONG_ENOUGH = "my credit report shows an account that is not mine and the bureau will not remove it at all"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(lib):
+    return lib.BertTokenizer.from_pretrained(str(lib.minilm_dir()))
+
+
+def tiny_bert_config(lib, num_labels: int = 5):
+    return lib.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=512, max_position_embeddings=64, num_labels=num_labels)
+
+
+def write_csv(path, rows, encoding="utf-8"):
+    pd.DataFrame(rows).to_csv(path, index=False, encoding=encoding)
+    return path
+
+
+# --- cleaning --------------------------------------------------------------------------------------
+
+def test_clean_removes_redactions_and_masked_amounts(lib):
+    text = "On XX/XX/2019 I paid {$250.00} to XXXX XXXX, account XXXX/XXXX/XXXX, and xxxx ignored me."
+    assert lib.clean_complaint_text(text) == "On I paid to , account , and ignored me."
+    assert "Exxon" in lib.clean_complaint_text("Exxon charged me twice")  # words that merely contain xx survive
+
+
+def test_clean_removes_html_special_characters_and_whitespace(lib):
+    text = "<p>The bank&nbsp;closed   my\n\taccount</p><br/>without notice!!! ★★ <a href='x'>link</a>"
+    cleaned = lib.clean_complaint_text(text)
+    assert "<" not in cleaned and ">" not in cleaned and "href" not in cleaned
+    assert "★" not in cleaned
+    assert "  " not in cleaned and "\n" not in cleaned and "\t" not in cleaned
+    assert cleaned == cleaned.strip()
+    assert "The bank closed my account without notice!" in cleaned
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def test_load_complaints_reads_good_file_and_drops_empty_narratives(lib, tmp_path):
+    path = write_csv(tmp_path / "c.csv", {"Product": ["Mortgage", "Debt collection", "Mortgage", "Student loan"],
+                                          NARRATIVE: [LONG_ENOUGH, None, "   ", LONG_ENOUGH + " too"]})
+    df = lib.load_complaints(path)
+    assert list(df["Product"]) == ["Mortgage", "Student loan"]
+    assert df.attrs["dropped_empty"] == 2
+
+
+def test_load_complaints_reads_gzip(lib, tmp_path):
+    path = tmp_path / "c.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        pd.DataFrame({"Product": ["Mortgage"], NARRATIVE: [LONG_ENOUGH]}).to_csv(f, index=False)
+    assert len(lib.load_complaints(path)) == 1
+
+
+def test_load_complaints_missing_column_names_it(lib, tmp_path):
+    path = write_csv(tmp_path / "c.csv", {"Product": ["Mortgage"], "text": [LONG_ENOUGH]})
+    with pytest.raises(ValueError, match="Consumer complaint narrative"):
+        lib.load_complaints(path)
+
+
+def test_load_complaints_empty_and_missing_files(lib, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        lib.load_complaints(empty)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lib.load_complaints(tmp_path / "nope.csv")
+    header_only = write_csv(tmp_path / "h.csv", {"Product": [None], NARRATIVE: [None]})
+    with pytest.raises(ValueError, match="no rows"):
+        lib.load_complaints(header_only)
+
+
+def test_load_complaints_unreadable_file(lib, tmp_path):
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(b"this is not gzip data at all")
+    with pytest.raises(ValueError, match="not a readable CSV"):
+        lib.load_complaints(broken)
+
+
+def test_load_complaints_decodes_non_utf8(lib, tmp_path):
+    path = write_csv(tmp_path / "latin.csv", {"Product": ["Mortgage"], NARRATIVE: ["The café charged me 50€ — " + LONG_ENOUGH]},
+                     encoding="cp1252")
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+    df = lib.load_complaints(path)
+    assert df.attrs["encoding"] != "utf-8"
+    assert "café" in df[NARRATIVE].iloc[0] and "€" in df[NARRATIVE].iloc[0]
+
+
+def test_resolve_source_prefers_explicit_then_offline_then_errors(lib, tmp_path):
+    given = write_csv(tmp_path / "given.csv", {"Product": ["Mortgage"], NARRATIVE: [LONG_ENOUGH]})
+    assert lib.resolve_complaints_source(given, False, tmp_path / "data", tmp_path / "none.gz")[0] == given
+    with pytest.raises(FileNotFoundError):
+        lib.resolve_complaints_source(tmp_path / "missing.csv", False, tmp_path / "data", given)
+    path, origin = lib.resolve_complaints_source(None, False, tmp_path / "data", given)
+    assert path == given and origin.startswith("offline stand-in")
+    with pytest.raises(FileNotFoundError, match="A5_COMPLAINTS_CSV"):
+        lib.resolve_complaints_source(None, False, tmp_path / "data", tmp_path / "none.gz")
+
+
+# --- classes and split -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", ["fixture", "shared"])
+def test_merge_and_keep_leaves_at_least_five_classes(lib, source):
+    path = FIXTURE_CSV if source == "fixture" else SHARED_COMPLAINTS
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    df = lib.load_complaints(path)
+    df = df[~df.get("source_repo", pd.Series("", index=df.index)).isin(lib.SINGLE_CLASS_SOURCES)]
+    for name, profile in lib.CLASSIFICATION_PROFILES.items():
+        sample = lib.sample_complaints(df, profile["sample_size"], seed=42)
+        sample = sample.assign(product=lib.merge_products(sample["Product"]))
+        kept = lib.keep_major_classes(sample, lib.min_class_size(len(sample)))
+        assert kept["product"].nunique() >= 5, (source, name)
+
+
+def test_dedup_and_split_has_no_overlap_and_is_stratified(lib):
+    rng = np.random.default_rng(0)
+    texts = [f"complaint number {i} about product {i % 5} " + LONG_ENOUGH for i in range(200)]
+    texts += [t.upper() + "  " for t in texts[:40]]  # duplicates up to case and spacing
+    df = pd.DataFrame({"text": texts, "label": [i % 5 for i in range(200)] + [i % 5 for i in range(40)]})
+    df = df.sample(frac=1.0, random_state=int(rng.integers(1000)))
+    train, test, n_dup = lib.dedup_and_split(df, test_size=0.2, seed=1)
+    assert n_dup == 40
+    assert len(train) + len(test) == 200
+    norm = lambda s: set(s.str.lower().str.split().str.join(" "))
+    assert not norm(train["text"]) & norm(test["text"])
+    assert test["label"].value_counts().tolist() == [8] * 5
+
+
+# --- dataset and padding ---------------------------------------------------------------------------
+
+def test_complaint_dataset_items_and_truncation(lib, tokenizer):
+    long_text = " ".join(["mortgage"] * 2000)
+    ds = lib.ComplaintDataset([long_text, "short complaint"], [3, 1], tokenizer, max_len=128)
+    assert len(ds) == 2
+    item = ds[0]
+    assert set(item) == {"input_ids", "attention_mask", "labels"}
+    assert item["input_ids"].shape == item["attention_mask"].shape == (128,)
+    assert item["input_ids"][0].item() == tokenizer.cls_token_id and item["input_ids"][-1].item() == tokenizer.sep_token_id
+    assert item["labels"].dtype == torch.long and item["labels"].item() == 3
+    short = ds[1]
+    assert short["input_ids"].shape[0] == 4 and short["attention_mask"].sum().item() == 4  # [CLS] short complaint [SEP]
+    padded = lib.ComplaintDataset(["short complaint"], [1], tokenizer, max_len=32, pad_to_max_len=True)[0]
+    assert padded["input_ids"].shape == (32,) and padded["attention_mask"].sum().item() == 4
+    assert (padded["input_ids"][4:] == tokenizer.pad_token_id).all()
+
+
+def test_pad_to_longest_pads_each_batch_to_its_longest_item(lib):
+    batch = [{"input_ids": torch.tensor([101, 7, 8, 102]), "attention_mask": torch.ones(4, dtype=torch.long),
+              "labels": torch.tensor(2)},
+             {"input_ids": torch.tensor([101, 9, 102]), "attention_mask": torch.ones(3, dtype=torch.long),
+              "labels": torch.tensor(0)}]
+    out = lib.pad_to_longest(batch, pad_token_id=0)
+    assert out["input_ids"].tolist() == [[101, 7, 8, 102], [101, 9, 102, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert out["labels"].tolist() == [2, 0]
+
+
+def test_length_bucket_sampler_covers_every_index_once(lib):
+    lengths = np.random.default_rng(0).integers(5, 500, size=333)
+    for shuffle in (True, False):
+        sampler = lib.LengthGroupedBatchSampler(lengths.tolist(), batch_size=16, shuffle=shuffle, seed=3)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(333))
+    sampler = lib.LengthGroupedBatchSampler(lengths.tolist(), batch_size=16, shuffle=True, seed=3, group_batches=1000)
+    spread = np.mean([np.ptp(lengths[b]) for b in sampler])
+    assert spread < 0.1 * np.ptp(lengths)  # one pool: batches are runs of the sorted lengths
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+def test_classification_metrics_match_sklearn(lib):
+    y_true = [0, 0, 1, 1, 2, 2, 2, 3]
+    y_pred = [0, 1, 1, 1, 2, 0, 2, 2]
+    m = lib.classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2, 3], average=average, zero_division=0)
+        assert (m[f"precision_{average}"], m[f"recall_{average}"], m[f"f1_{average}"]) == pytest.approx((p, r, f))
+    assert m["f1_macro"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3, 0.0]))  # by hand; class 3 is never predicted
+    assert m["confusion"].tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 1, 0]]
+    assert "d" in m["report"]
+
+
+def test_evaluate_classifier_agrees_with_its_predictions(lib):
+    torch.manual_seed(0)
+    model = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=3))
+    items = [{"input_ids": torch.randint(5, 1000, (int(n),)), "labels": torch.tensor(i % 3)}
+             for i, n in enumerate(torch.randint(4, 20, (24,)))]
+    for item in items:
+        item["attention_mask"] = torch.ones_like(item["input_ids"])
+    loader = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    m = lib.evaluate_classifier(model, loader, torch.device("cpu"), ["x", "y", "z"], plot=False)
+    assert m["accuracy"] == pytest.approx(accuracy_score(m["y_true"], m["y_pred"]))
+    assert m["y_true"].tolist() == [i % 3 for i in range(24)]
+
+
+# --- training loop ---------------------------------------------------------------------------------
+
+def test_train_classifier_learns_a_separable_toy_task(lib):
+    """Token 10 means class 0, token 20 means class 1: a few epochs must beat chance clearly."""
+    torch.manual_seed(0)
+    config = lib.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = lib.BertForSequenceClassification(config)
+    items = []
+    for i in range(128):
+        label = i % 2
+        ids = torch.tensor([1] + [10 + 10 * label] * 3 + torch.randint(30, 50, (4,)).tolist() + [2])
+        items.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(label)})
+    loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    optimizer, scheduler = lib.make_optimizer(model, lr=3e-3, total_steps=6 * len(loader))
+    history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 6, torch.device("cpu"), show_progress=False)
+    assert len(history) == 6 and {"train_loss", "test_acc", "epoch_time_s"} <= set(history[0])
+    assert history[-1]["test_acc"] > 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_linear_warmup_decay_shape(lib):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = lib.linear_warmup_decay(opt, warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.1 and all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+
+
+# --- LoRA ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("r", [4, 8])
+def test_lora_trainable_parameters_match_formula(lib, r):
+    num_labels, hidden, layers = 5, 128, 2
+    torch.manual_seed(0)
+    base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels))
+    lora = lib.get_peft_model(base, lib.make_lora_config(r=r, lora_alpha=2 * r, lora_dropout=0.1,
+                                                         target_modules=["query", "value"]))
+    adapters = layers * 2 * r * (hidden + hidden)  # query and value: hidden -> hidden, A is r x in, B is out x r
+    head = hidden * num_labels + num_labels  # SEQ_CLS makes the new classifier trainable
+    trainable, total = lib.model_parameter_counts(lora)
+    assert trainable == adapters + head
+    assert total == sum(p.numel() for p in base.parameters())
+
+
+def test_merged_model_predicts_like_adapter_model(lib):
+    torch.manual_seed(0)
+    base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=4))
+    lora = lib.get_peft_model(base, lib.make_lora_config(**lib.LORA_HPARAMS))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)  # B starts at zero; make the adapter change the function
+    lora.eval()
+    ids = torch.randint(5, 1000, (16, 24))
+    mask = torch.ones_like(ids)
+    mask[8:, 18:] = 0
+    with torch.no_grad():
+        adapted = lora(input_ids=ids, attention_mask=mask).logits
+        with lora.disable_adapter():
+            plain = lora(input_ids=ids, attention_mask=mask).logits
+        merged_model = lib.merge_lora(lora)
+        merged_model.eval()
+        merged = merged_model(input_ids=ids, attention_mask=mask).logits
+        adapted_again = lora(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(adapted, plain, atol=1e-3)  # the adapter is not trivial
+    assert not any("lora" in n for n, _ in merged_model.named_parameters())
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+    assert torch.equal(merged.argmax(-1), adapted.argmax(-1))
+    torch.testing.assert_close(adapted_again, adapted)  # merging a copy left the adapter model unchanged
+
+
+def test_minilm_files_and_tokenizer_vocabulary(lib, tokenizer):
+    assert (lib.minilm_dir() / "config.json").is_file()
+    assert len(tokenizer) == 30522
+    assert tokenizer.tokenize("Mortgage PAYMENTS") == ["mortgage", "payments"]  # lower-casing is on
+
+
+def test_lib_cells_have_no_side_effects(lib):
+    assert not hasattr(lib, "df") and not hasattr(lib, "small_bert") and not hasattr(lib, "SECTION2_RESULTS")

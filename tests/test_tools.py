@@ -1,0 +1,376 @@
+"""The notebook tooling (tools/): checker, cleaner, renderer and mirror sync, on small notebooks."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import check_notebook  # noqa: E402
+import clean_notebook  # noqa: E402
+import render  # noqa: E402
+import sync_mirror  # noqa: E402
+from fingerprint import fingerprint_line, notebook_fingerprint  # noqa: E402
+
+SEED = ["Section 1: Transformer", "Part 1: Input Embeddings", "Part 2: positional encoding"]
+PLACEHOLDER = "*Run summary: written by the last cell once the whole notebook has run.*"
+
+# The notebook's last cell, as assignment5.ipynb carries it (see the report on tools/fingerprint.py).
+FINAL_CELL = """import hashlib
+
+from IPython import get_ipython
+from IPython.display import update_display
+
+# Every code cell as the kernel executed it (IPython's `In`), except this one.
+executed = [source.strip() for source in get_ipython().user_ns["In"][1:-1]]
+fingerprint = hashlib.sha256("\\n\\x1e\\n".join(executed).encode("utf-8")).hexdigest()
+print(f"Provenance fingerprint: sha256:{fingerprint} over {len(executed)} executed code cells")
+print(f"Wall time: {time.time() - RUN_STARTED:.1f} s")
+update_display(Markdown(f"**Run summary:** profile `{PROFILE}`, wall time {time.time() - RUN_STARTED:.1f} s"),
+               display_id="run-summary")"""
+
+
+def small_notebook():
+    """A notebook following assignment5's conventions, unexecuted."""
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Section 1: Transformer\n\nMarkdown may say TODO, pass or NotImplementedError."),
+            new_code_cell(
+                'import os\n\nPROFILE = os.environ.get("A5_PROFILE", "auto")\nSEED = 42',
+                metadata={"tags": ["parameters"]},
+            ),
+            new_code_cell(
+                "import time\n\nfrom IPython.display import Markdown, display\n\nRUN_STARTED = time.time()\n"
+                f'display(Markdown("{PLACEHOLDER}"), display_id="run-summary");'
+            ),
+            new_markdown_cell("## Part 1: Input Embeddings"),
+            new_code_cell(
+                "import matplotlib.pyplot as plt\n\n\ndef draw(values):\n    plt.plot(values)\n    plt.show()",
+                metadata={"tags": ["lib"]},
+            ),
+            new_markdown_cell("## **Part 2:** Positional   Encoding"),
+            new_code_cell("    \nfig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 2, 3])\nplt.show()"),
+            new_code_cell("draw([3, 1, 2])  # plt.show() inside draw\nprint('drawn');"),
+            new_code_cell(FINAL_CELL),
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed_nb(tmp_path_factory):
+    nb = small_notebook()
+    render.execute(nb, cwd=tmp_path_factory.mktemp("run"), timeout=120)
+    return nb
+
+
+@pytest.fixture
+def nb(executed_nb):
+    return copy.deepcopy(executed_nb)
+
+
+def failures(nb, **kwargs):
+    return check_notebook.check(nb, seed=kwargs.pop("seed", SEED), **kwargs)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def assert_fails(nb, fragment, **kwargs):
+    found = failures(nb, **kwargs)
+    assert any(fragment in f for f in found), found
+
+
+# --- checker ---------------------------------------------------------------------------------------------------------
+
+
+def test_clean_executed_notebook_passes(nb):
+    assert failures(nb) == []
+
+
+def test_notebook_fingerprint_equals_kernel_history(nb):
+    sources = [c.source for c in code_cells(nb)]
+    printed = code_cells(nb)[-1].outputs[0].text.splitlines()[0]
+    assert printed == fingerprint_line(sources[:-1])
+    assert notebook_fingerprint(["a", "b"]) != notebook_fingerprint(["a\nb"])
+
+
+def test_update_display_is_recorded_into_the_earlier_display(nb):
+    summary = code_cells(nb)[1].outputs
+    assert len(summary) == 1
+    assert summary[0].data["text/markdown"].startswith("**Run summary:** profile")
+
+
+def test_cell_edited_after_run_fails(nb):
+    code_cells(nb)[0].source += "\nSEED = 7"
+    assert_fails(nb, "provenance fingerprint mismatch")
+
+
+def test_missing_fingerprint_line_fails(nb):
+    code_cells(nb)[-1].outputs = []
+    assert_fails(nb, "prints no provenance fingerprint line")
+
+
+def test_error_output_fails(nb):
+    code_cells(nb)[3].outputs.append(new_output("error", ename="ZeroDivisionError", evalue="division by zero"))
+    assert_fails(nb, "error output ZeroDivisionError")
+
+
+def test_traceback_in_stream_fails(nb):
+    code_cells(nb)[3].outputs.append(
+        new_output("stream", name="stderr", text="Traceback (most recent call last):\n  ...\nValueError: x\n")
+    )
+    assert_fails(nb, "traceback in stderr output")
+
+
+def test_out_of_order_execution_counts_fail(nb):
+    cells = code_cells(nb)
+    cells[1].execution_count, cells[2].execution_count = cells[2].execution_count, cells[1].execution_count
+    assert_fails(nb, "expected 2")
+
+
+def test_unexecuted_cell_fails(nb):
+    code_cells(nb)[2].execution_count = None
+    assert_fails(nb, "execution count None, expected 3")
+
+
+def test_empty_code_cell_fails(nb):
+    nb.cells.insert(2, new_code_cell(""))
+    assert_fails(nb, "empty code cell")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "######################  TODO  ########################",
+        "        ## TODO ##",
+        "x = # TODO",
+        "# TODO: report the accuracy",
+        "if True:\n    pass",
+        "raise NotImplementedError",
+    ],
+)
+def test_placeholder_in_code_fails(nb, line):
+    code_cells(nb)[3].source += "\n" + line
+    assert_fails(nb, "leftover placeholder")
+
+
+def test_commented_pass_and_words_in_strings_pass(nb):
+    code_cells(nb)[0].source += '\nNOTE = "TODO list, pass rate"\nif False:\n    pass  # nothing to do'
+    assert not [f for f in failures(nb) if "placeholder" in f]
+
+
+def test_widget_metadata_fails(nb):
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    assert_fails(nb, "notebook metadata has `widgets`")
+
+
+def test_widget_output_fails(nb):
+    code_cells(nb)[3].outputs.append(
+        new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}})
+    )
+    assert_fails(nb, "widget output")
+
+
+@pytest.mark.parametrize("key", ["papermill", "execution", "ExecuteTime"])
+def test_run_metadata_fails(nb, key):
+    code_cells(nb)[0].metadata[key] = {"duration": 1.0}
+    assert_fails(nb, f"metadata has `{key}`")
+
+
+def test_papermill_notebook_metadata_fails(nb):
+    nb.metadata["papermill"] = {"parameters": {}}
+    assert_fails(nb, "notebook metadata has `papermill`")
+
+
+def test_missing_heading_fails(nb):
+    assert_fails(nb, "seed heading missing: 'Part 3: Layer Normalization'", seed=[*SEED, "Part 3: Layer Normalization"])
+
+
+def test_heading_out_of_order_fails(nb):
+    assert_fails(nb, "seed heading out of order", seed=[SEED[0], SEED[2], SEED[1]])
+
+
+def test_missing_plot_image_fails(nb):
+    cell = code_cells(nb)[3]
+    cell.outputs = [o for o in cell.outputs if "image/png" not in o.get("data", {})]
+    assert_fails(nb, "draws 1 plot(s) but has 0 image/png output(s)")
+
+
+def test_plot_without_show_needs_an_image(nb):
+    code_cells(nb)[0].source += "\nplt.plot([1, 2])"
+    assert_fails(nb, "draws 1 plot(s)")
+
+
+def test_size_limit(nb):
+    assert failures(nb, max_bytes=5 * 2**20) == []
+    assert_fails(nb, "over the", max_bytes=1000)
+
+
+def test_run_summary_placeholder_fails(nb):
+    code_cells(nb)[1].outputs[0].data["text/markdown"] = PLACEHOLDER
+    assert_fails(nb, "run summary still shows its placeholder")
+    code_cells(nb)[1].outputs[0].data["text/markdown"] = "Run summary: *to be written by the last cell*"
+    assert_fails(nb, "run summary still shows its placeholder")
+
+
+def test_invalid_nbformat_fails(nb):
+    code_cells(nb)[0].outputs.append({"output_type": "bogus"})
+    assert_fails(nb, "invalid nbformat")
+
+
+def test_checker_cli(tmp_path, nb, capsys):
+    seed = tmp_path / "seed.txt"
+    seed.write_text("# Section 1: Transformer\n\nProse.\n\nIn [1]:\n# Part 9: a code comment\nx = 1\n")
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert check_notebook.main([str(path), "--seed", str(seed)]) == 0
+    assert capsys.readouterr().out.startswith("OK nb.ipynb")
+    code_cells(nb)[0].source += "\nx = 1"
+    nbformat.write(nb, path)
+    assert check_notebook.main([str(path), "--seed", str(seed)]) == 1
+    assert "provenance fingerprint mismatch" in capsys.readouterr().out
+
+
+# --- seed headings -----------------------------------------------------------------------------------------------------
+
+
+def test_seed_headings_skip_code_comments():
+    text = (
+        "# Section 1: Transformer\n\nProse here.\n\nIn [None]:\n# Importing libraries\n\n# PyTorch\nimport torch\n\n"
+        "# - Return the tokenizer\n\n######  TODO  ######\n\n## Part 1: Input Embeddings\nText.\n\nIn [1]:\n"
+        "pass\n\n# Section 2: BERT and LoRA\n\nWelcome to Section 2.\n\nIn [None]:\n# Split the data\n\n"
+        "# Training configuration\n\noptimizer = # TODO\n\n---\n### **Fine-Tuning TinyBERT**\n"
+    )
+    assert check_notebook.seed_headings(text) == [
+        "Section 1: Transformer",
+        "Part 1: Input Embeddings",
+        "Section 2: BERT and LoRA",
+        "**Fine-Tuning TinyBERT**",
+    ]
+
+
+def test_builtin_seed_headings_match_the_seed(tmp_path):
+    seed = REPO.parent / "shared" / "seed" / "assignment5-seed.txt"  # absent from a bare checkout
+    if seed.exists():
+        assert check_notebook.load_seed(seed) == check_notebook.SEED_HEADINGS
+    assert check_notebook.load_seed(tmp_path / "absent.txt") == check_notebook.SEED_HEADINGS
+
+
+# --- cleaner -----------------------------------------------------------------------------------------------------------
+
+
+def test_cleaner_strips_run_metadata_and_keeps_outputs(tmp_path, nb):
+    outputs = copy.deepcopy([c.outputs for c in code_cells(nb)])
+    counts = [c.execution_count for c in code_cells(nb)]
+    nb.metadata["papermill"] = {"parameters": {"PROFILE": "cpu"}}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for cell in code_cells(nb):
+        cell.metadata["papermill"] = {"duration": 0.1, "status": "completed"}
+        cell.metadata["execution"] = {"iopub.status.busy": "2024-01-01T00:00:00Z"}
+        cell.metadata["ExecuteTime"] = {"end_time": "2024-01-01T00:00:00Z"}
+        cell.metadata["collapsed"] = False
+        cell.metadata["scrolled"] = True
+    code_cells(nb)[3].outputs.append(
+        new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}})
+    )
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert failures(nb) != []
+
+    assert clean_notebook.main([str(path), "--check"]) == 1
+    assert clean_notebook.main([str(path)]) == 0
+    assert clean_notebook.main([str(path), "--check"]) == 0
+    text = path.read_text()
+    assert clean_notebook.main([str(path)]) == 0 and path.read_text() == text  # idempotent
+
+    cleaned = nbformat.read(path, as_version=4)
+    assert [c.outputs for c in code_cells(cleaned)] == outputs
+    assert [c.execution_count for c in code_cells(cleaned)] == counts
+    assert code_cells(cleaned)[0].metadata == {"tags": ["parameters"]}
+    assert "papermill" not in cleaned.metadata and "widgets" not in cleaned.metadata
+    assert failures(cleaned) == []
+
+
+# --- renderer ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def render_env(tmp_path, monkeypatch):
+    seed = tmp_path / "seed.txt"
+    seed.write_text("".join(f"{'#' * (1 + (i > 0))} {h}\n\n" for i, h in enumerate(SEED)))
+    monkeypatch.setattr(check_notebook, "SEED", seed)
+    for name in ("A5_PROFILE", "A5_SHOW_PROGRESS", "A5_ALLOW_DOWNLOADS"):
+        monkeypatch.setenv(name, "unset")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    return tmp_path
+
+
+def test_render_executes_in_place_and_passes(render_env):
+    path = render_env / "nb.ipynb"
+    nb = small_notebook()
+    code_cells(nb)[0].source += '\nprint(PROFILE, os.environ["A5_SHOW_PROGRESS"], os.environ["A5_ALLOW_DOWNLOADS"])'
+    nbformat.write(nb, path)
+    assert render.main(["--profile", "smoke", "--notebook", str(path), "--timeout", "120"]) == 0
+    rendered = nbformat.read(path, as_version=4)
+    assert code_cells(rendered)[0].outputs[0].text == "smoke 0 1\n"
+    assert len(rendered.cells) == len(nb.cells)  # nothing injected
+    assert check_notebook.check(path) == []
+    assert clean_notebook.main([str(path), "--check"]) == 0
+
+
+def test_render_failure_keeps_notebook_and_partial_run(render_env):
+    path = render_env / "nb.ipynb"
+    failed = render_env / "out-failed.ipynb"
+    nb = small_notebook()
+    code_cells(nb)[3].source = "1 / 0"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    assert render.main(["--profile", "smoke", "--notebook", str(path), "--failed", str(failed)]) == 1
+    assert path.read_text() == before
+    partial = nbformat.read(failed, as_version=4)
+    assert partial.cells[2].outputs  # the cells before the failure ran
+    assert any(o.output_type == "error" for o in code_cells(partial)[3].outputs)
+
+
+# --- mirror ------------------------------------------------------------------------------------------------------------
+
+
+def test_mirror_check_detects_drift(tmp_path, executed_nb):
+    nb = copy.deepcopy(executed_nb)
+    nb.metadata["jupytext"] = {
+        "cell_metadata_filter": "tags,-all",
+        "formats": "ipynb,py:percent",
+        "notebook_metadata_filter": "kernelspec,language_info,-jupytext.text_representation.jupytext_version",
+    }
+    path, mirror = tmp_path / "nb.ipynb", tmp_path / "nb.py"
+    nbformat.write(nb, path)
+    assert sync_mirror.main(["--check", "--notebook", str(path)]) == 1  # no mirror yet
+    assert sync_mirror.main(["--notebook", str(path)]) == 0
+    assert sync_mirror.main(["--check", "--notebook", str(path)]) == 0
+    text = mirror.read_text()
+    assert '# %% tags=["parameters"]' in text and '# %% tags=["lib"]' in text
+    assert "execution" not in text and "outputs" not in text
+
+    nb.cells[1].source += "\nSEED = 7"
+    nbformat.write(nb, path)
+    assert sync_mirror.main(["--check", "--notebook", str(path)]) == 1
+    assert mirror.read_text() == text  # --check writes nothing
+
+
+# --- the deliverable ---------------------------------------------------------------------------------------------------
+
+
+def test_committed_notebook_passes_checker():
+    path = REPO / "assignment5.ipynb"
+    assert path.exists(), f"{path} is missing: render it with tools/render.py"
+    assert check_notebook.check(path) == []

@@ -1,0 +1,393 @@
+"""Section 1: each part of the from-scratch Transformer against its contract."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import sacrebleu
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(2)
+
+
+def toy_model(lib, vocab=20, seq_len=16, d_model=32, N=2, h=4, d_ff=64, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return lib.build_transformer(vocab, vocab, seq_len, seq_len, d_model=d_model, N=N, h=h, dropout=dropout,
+                                 d_ff=d_ff).eval()
+
+
+# ---------------------------------------------------------------- Parts 1-9: the modules
+
+def test_input_embeddings_scale(lib):
+    emb = lib.InputEmbeddings(16, 10)
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(emb(x), emb.embedding(x) * 4.0)
+
+
+def test_positional_encoding_values_and_buffer(lib):
+    d_model, seq_len = 8, 12
+    pe = lib.PositionalEncoding(d_model, seq_len, dropout=0.5).eval()
+    assert "pe" in dict(pe.named_buffers()) and not list(pe.parameters())
+    for pos in (0, 3, 11):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert pe.pe[0, pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe.pe[0, pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    x = torch.randn(2, 5, d_model)
+    assert torch.allclose(pe(x), x + pe.pe[:, :5])
+    assert torch.allclose(pe(x[:, :1], start=4), x[:, :1] + pe.pe[:, 4:5])  # the cached decoder's offset
+    pe.train()
+    assert (pe(torch.zeros(4, 12, d_model)) == 0).any()  # dropout is active in training
+
+
+def test_layer_normalization_matches_torch(lib):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16) * 4 + 2
+    ours = lib.LayerNormalization(eps=1e-5, features=16)
+    ref = nn.LayerNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.alpha.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.alpha)
+        ref.bias.copy_(ours.bias)
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    scalar = lib.LayerNormalization(eps=1e-6)  # the seed's form: one alpha (=1), one bias (=0)
+    assert scalar.alpha.shape == (1,) and scalar.alpha.item() == 1 and scalar.bias.item() == 0
+    out = scalar(x)
+    assert torch.allclose(out.mean(-1), torch.zeros(3, 5), atol=1e-5)
+    assert torch.allclose(out.std(-1, unbiased=False), torch.ones(3, 5), atol=1e-4)
+
+
+def test_feed_forward_block(lib):
+    ff = lib.FeedForwardBlock(8, 32, dropout=0.0)
+    x = torch.randn(2, 3, 8)
+    expected = ff.linear_2(torch.relu(ff.linear_1(x)))
+    assert ff.linear_1.out_features == 32 and ff.linear_2.out_features == 8
+    assert torch.allclose(ff(x), expected)
+
+
+def test_multi_head_attention_requires_divisible_heads(lib):
+    with pytest.raises(AssertionError):
+        lib.MultiHeadAttentionBlock(10, 3, 0.0)
+
+
+@pytest.mark.parametrize("store_scores", [True, False], ids=["static-attention", "fused-sdpa"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_multi_head_attention_matches_torch(lib, store_scores, causal):
+    torch.manual_seed(0)
+    d_model, h, batch, q_len = 16, 4, 3, 6
+    mha = lib.MultiHeadAttentionBlock(d_model, h, dropout=0.0).eval()
+    mha.store_attention_scores = store_scores
+    ref = nn.MultiheadAttention(d_model, h, bias=False, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([mha.w_q.weight, mha.w_k.weight, mha.w_v.weight]))
+        ref.out_proj.weight.copy_(mha.w_o.weight)
+    x = torch.randn(batch, q_len, d_model)
+    lengths = torch.tensor([6, 4, 2])
+    allowed = (torch.arange(q_len)[None, :] < lengths[:, None])  # (batch, k_len): real tokens
+    mask = allowed[:, None, None, :].int()  # our convention: 1 = may attend
+    if causal:
+        mask = mask & lib.casual_mask(q_len).int()[:, None]
+    ours = mha(x, x, x, mask)
+    ref_mask = (mask[:, 0] == 0).repeat_interleave(h, dim=0)  # torch's convention: True = blocked
+    if not causal:
+        ref_mask = ref_mask.expand(-1, q_len, -1)
+    expected, _ = ref(x, x, x, attn_mask=ref_mask, need_weights=False)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    if store_scores:
+        assert mha.attention_scores.shape == (batch, h, q_len, q_len)
+        assert torch.allclose(mha.attention_scores.sum(-1), torch.ones(batch, h, q_len))
+
+
+def test_fused_path_equals_static_attention(lib):
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    mask = (torch.rand(2, 1, 5, 5) > 0.3).int()
+    mask[..., 0] = 1  # every query can see at least one key
+    out, scores = lib.MultiHeadAttentionBlock.attention(q, k, v, mask, None)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask != 0)
+    assert torch.allclose(out, fused, atol=1e-6)
+    assert torch.allclose(scores.sum(-1), torch.ones(2, 4, 5))
+
+
+def test_residual_connection_is_pre_norm(lib):
+    res = lib.ResidualConnection(0.0, features=8)
+    x = torch.randn(2, 3, 8)
+    assert torch.allclose(res(x, lambda y: 2 * y), x + 2 * res.norm(x))
+
+
+def test_transformer_shapes_and_log_probabilities(lib):
+    model = toy_model(lib)
+    src, tgt = torch.randint(4, 20, (2, 7)), torch.randint(4, 20, (2, 5))
+    src_mask = torch.ones(2, 1, 1, 7, dtype=torch.int)
+    out = model.project(model.decode(model.encode(src, src_mask), src_mask, tgt, lib.casual_mask(5).int()))
+    assert out.shape == (2, 5, 20)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2, 5), atol=1e-5)
+    n_params = sum(p.numel() for p in lib.build_transformer(100, 100, 10, 10).parameters())
+    assert 40e6 < n_params < 50e6  # the paper's base model (d_model 512, N 6) with these small vocabularies
+
+
+def test_decoder_has_no_future_leakage(lib):
+    model = toy_model(lib)
+    src = torch.randint(4, 20, (1, 6))
+    src_mask = torch.ones(1, 1, 1, 6, dtype=torch.int)
+    memory = model.encode(src, src_mask)
+    tgt = torch.randint(4, 20, (1, 8))
+    changed = tgt.clone()
+    changed[0, 5:] = (changed[0, 5:] + 1) % 20
+    mask = lib.casual_mask(8).int()
+    a = model.decode(memory, src_mask, tgt, mask)
+    b = model.decode(memory, src_mask, changed, mask)
+    assert torch.allclose(a[0, :5], b[0, :5], atol=1e-6)  # positions before the change see nothing of it
+    assert not torch.allclose(a[0, 5:], b[0, 5:])
+
+
+def test_casual_mask(lib):
+    mask = lib.casual_mask(4)
+    assert mask.shape == (1, 4, 4)
+    assert torch.equal(mask[0].int(), torch.tril(torch.ones(4, 4)).int())
+    assert lib.causal_mask is lib.casual_mask
+
+
+# ---------------------------------------------------------------- Parts 10-11: tokenizer and data
+
+def synthetic_pairs(n=200, seed=0, vocab=30):
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    pairs = []
+    for i in range(n):
+        sentence = [rng.choice(words) for _ in range(rng.randint(2, 8))]
+        pairs.append({"id": str(i), "translation": {"en": " ".join(sentence),
+                                                    "it": " ".join(w.upper() for w in reversed(sentence))}})
+    return pairs
+
+
+def write_tsv(path, pairs):
+    lines = ["en\tit"] + [f"{p['translation']['en']}\t{p['translation']['it']}" for p in pairs]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_tokenizer_round_trip_and_corrupt_file(lib, tmp_path):
+    config = {"tokenizer_file": str(tmp_path / "tok_{0}.json")}
+    pairs = synthetic_pairs()
+    tokenizer = lib.build_tokenizer(config, pairs, "en")
+    assert [tokenizer.token_to_id(t) for t in lib.SPECIAL_TOKENS] == [0, 1, 2, 3]
+    reloaded = lib.build_tokenizer(config, [], "en")  # loads the saved file, no training data needed
+    text = pairs[0]["translation"]["en"]
+    assert reloaded.encode(text).ids == tokenizer.encode(text).ids
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    assert tokenizer.encode("neverseen").ids == [tokenizer.token_to_id("[UNK]")]
+    (tmp_path / "tok_it.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="tok_it.json"):
+        lib.build_tokenizer(config, pairs, "it")
+
+
+@pytest.fixture()
+def tokenizers(lib, tmp_path):
+    config = {"tokenizer_file": str(tmp_path / "tok_{0}.json")}
+    pairs = synthetic_pairs()
+    return lib.build_tokenizer(config, pairs, "en"), lib.build_tokenizer(config, pairs, "it"), pairs
+
+
+def test_bilingual_dataset_layout_and_masks(lib, tokenizers):
+    tok_src, tok_tgt, pairs = tokenizers
+    seq_len = 12
+    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", seq_len)
+    item = ds[0]
+    src_ids = tok_src.encode(pairs[0]["translation"]["en"]).ids
+    tgt_ids = tok_tgt.encode(pairs[0]["translation"]["it"]).ids
+    sos, eos, pad = 2, 3, 1
+    assert item["encoder_input"].tolist() == [sos, *src_ids, eos] + [pad] * (seq_len - len(src_ids) - 2)
+    assert item["decoder_input"].tolist() == [sos, *tgt_ids] + [pad] * (seq_len - len(tgt_ids) - 1)
+    assert item["label"].tolist() == [*tgt_ids, eos] + [pad] * (seq_len - len(tgt_ids) - 1)
+    assert item["encoder_mask"].shape == (1, 1, seq_len)
+    assert item["encoder_mask"][0, 0].tolist() == [1] * (len(src_ids) + 2) + [0] * (seq_len - len(src_ids) - 2)
+    n_real = len(tgt_ids) + 1
+    expected = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.int)) * (torch.arange(seq_len) < n_real).int()
+    assert item["decoder_mask"].shape == (1, seq_len, seq_len)
+    assert torch.equal(item["decoder_mask"][0].int(), expected)
+    assert item["src_text"] == pairs[0]["translation"]["en"] and item["tgt_text"] == pairs[0]["translation"]["it"]
+    too_short = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", seq_len=4)
+    long_idx = next(i for i, p in enumerate(pairs) if len(p["translation"]["en"].split()) >= 5)
+    with pytest.raises(ValueError, match="does not fit seq_len=4"):
+        too_short[long_idx]
+
+
+def test_length_grouped_batches_trim_without_losing_tokens(lib, tokenizers):
+    tok_src, tok_tgt, pairs = tokenizers
+    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
+    loader = lib.length_grouped_loader(ds, batch_size=16, shuffle=True, seed=3)
+    seen = []
+    for batch in loader:
+        assert batch["encoder_input"].shape[1] <= 10 and batch["label"].shape[1] <= 9  # far below seq_len 40
+        assert (batch["encoder_mask"].sum(-1).squeeze() == (batch["encoder_input"] != 1).sum(1)).all()
+        assert (batch["encoder_input"][:, -1] != 1).any()  # trimmed to the longest item, no all-pad column
+        seen += batch["src_text"]
+    assert sorted(seen) == sorted(p["translation"]["en"] for p in pairs)
+    sampler = loader.batch_sampler
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # the same order again after a resume
+
+
+def test_get_ds_filters_and_counts_long_and_empty_pairs(lib, tmp_path, capsys):
+    pairs = synthetic_pairs(100)
+    pairs[3]["translation"]["en"] = "   "
+    pairs[7]["translation"]["it"] = ""
+    pairs[10]["translation"]["en"] = " ".join(["w1"] * 50)  # longer than seq_len
+    data = write_tsv(tmp_path / "pairs.tsv", pairs)
+    config = lib.get_config(datasource=str(data), seq_len=20, batch_size=8, tokenizer_file=str(tmp_path / "t_{0}.json"))
+    train, val, _, _ = lib.get_ds(config, allow_downloads=False)
+    out = capsys.readouterr().out
+    assert "100 pairs loaded, 97 used: 2 dropped as empty, 1 dropped as longer than seq_len=20" in out
+    assert len(train.dataset) + len(val.dataset) == 97 and len(val.dataset) == 9
+    assert all(len(b["src_text"]) <= 8 for b in train)  # every batch builds, no ValueError mid-epoch
+
+
+def test_bible_stand_in(lib):
+    pairs = lib.load_bible_pairs("en", "it")
+    assert len(pairs) == 31102
+    john = next(p for p in pairs if p["id"] == "43.3.16")["translation"]
+    assert john["en"].startswith("For God so loved the world") and "Iddio" in john["it"]
+    assert set(lib.load_bible_pairs("fr", "en")[0]["translation"]) == {"fr", "en"}
+    with pytest.raises(ValueError, match="No Bible"):
+        lib.load_bible_pairs("en", "xx")
+
+
+def test_detokenize(lib):
+    assert lib.detokenize("l ' uomo , disse : « vieni ! »") == "l'uomo, disse: «vieni!»"
+
+
+def test_sacrebleu_identical_text_is_100():
+    refs = ["Nel principio Iddio creò il cielo e la terra.", "E la terra era una cosa deserta e vacua."]
+    assert sacrebleu.corpus_bleu(refs, [refs]).score == pytest.approx(100.0)
+    assert sacrebleu.corpus_chrf(refs, [refs]).score == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------- Part 12: decoding on a model that has learned
+
+COPY_VOCAB, SOS, EOS, PAD = 14, 2, 3, 1
+
+
+def copy_batch(n, rng, min_len=3, max_len=8):
+    """Source: [SOS] digits [EOS] [PAD]...; target: the same digits. Tokens 4..13 are the 'digits'."""
+    lengths = [rng.randint(min_len, max_len) for _ in range(n)]
+    seqs = [[rng.randint(4, COPY_VOCAB - 1) for _ in range(k)] for k in lengths]
+    width = max(lengths) + 2
+    src = torch.tensor([[SOS, *s, EOS] + [PAD] * (width - len(s) - 2) for s in seqs])
+    dec = torch.tensor([[SOS, *s] + [PAD] * (width - len(s) - 1) for s in seqs])
+    lab = torch.tensor([[*s, EOS] + [PAD] * (width - len(s) - 1) for s in seqs])
+    return src, dec, lab, seqs
+
+
+class _CopyTokenizer:
+    def token_to_id(self, token):
+        return {"[UNK]": 0, "[PAD]": PAD, "[SOS]": SOS, "[EOS]": EOS}[token]
+
+
+@pytest.fixture(scope="module")
+def copy_model(lib):
+    """The Annotated Transformer's sanity check: a tiny model learns to copy its input, on CPU, in seconds."""
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    model = lib.build_transformer(COPY_VOCAB, COPY_VOCAB, 16, 16, d_model=32, N=2, h=4, dropout=0.0, d_ff=64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, eps=1e-9)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
+    model.train()
+    for _ in range(800):
+        src, dec, lab, _ = copy_batch(32, rng)
+        src_mask = (src != PAD)[:, None, None, :].int()
+        dec_mask = ((dec != PAD)[:, None, None, :] & lib.casual_mask(dec.size(1))[:, None]).int()
+        out = model.project(model.decode(model.encode(src, src_mask), src_mask, dec, dec_mask))
+        loss = loss_fn(out.reshape(-1, COPY_VOCAB), lab.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_tiny_model_learns_to_copy(lib, copy_model):
+    src, _, _, seqs = copy_batch(64, random.Random(123))
+    src_mask = (src != PAD)[:, None, None, :].int()
+    out = lib.greedy_decode_batch(copy_model, src, src_mask, SOS, EOS, PAD, max_len=12)
+    exact = sum(row[1 : len(s) + 2] == [*s, EOS] for row, s in zip(out.tolist(), seqs))
+    assert exact / len(seqs) >= 0.9
+
+
+def test_batched_cached_greedy_equals_per_sentence_greedy(lib, copy_model):
+    tok = _CopyTokenizer()
+    src, _, _, seqs = copy_batch(12, random.Random(7))
+    src_mask = (src != PAD)[:, None, None, :].int()
+    batched = lib.greedy_decode_batch(copy_model, src, src_mask, SOS, EOS, PAD, max_len=12)
+    for i, s in enumerate(seqs):
+        n = len(s) + 2
+        single = lib.greedy_decode(copy_model, src[i : i + 1, :n], src_mask[i : i + 1, ..., :n], tok, tok, 12, "cpu")
+        assert batched[i, : len(single)].tolist() == single.tolist()
+        assert (batched[i, len(single) :] == PAD).all()
+    # and on an untrained model, whose outputs never hit [EOS], every step of the cache must agree
+    model = toy_model(lib, vocab=COPY_VOCAB)
+    batched = lib.greedy_decode_batch(model, src, src_mask, SOS, EOS, PAD, max_len=10)
+    single = lib.greedy_decode(model, src[:1], src_mask[:1], tok, tok, 10, "cpu")
+    assert batched[0, : len(single)].tolist() == single.tolist()
+
+
+def test_beam_size_one_equals_greedy_and_beam_is_no_worse(lib, copy_model):
+    tok = _CopyTokenizer()
+    src, _, _, seqs = copy_batch(8, random.Random(11))
+    src_mask = (src != PAD)[:, None, None, :].int()
+    for i in range(len(seqs)):
+        one_src, one_mask = src[i : i + 1], src_mask[i : i + 1]
+        greedy = lib.greedy_decode(copy_model, one_src, one_mask, tok, tok, 12, "cpu")
+        beam1 = lib.beam_search_decode(copy_model, one_src, one_mask, tok, 12, "cpu", beam_size=1)
+        assert beam1.tolist() == greedy.tolist()
+        beam4 = lib.beam_search_decode(copy_model, one_src, one_mask, tok, 12, "cpu", beam_size=4)
+        assert beam4[0].item() == SOS and beam4[-1].item() == EOS
+
+
+def test_beam_search_returns_finished_hypothesis_on_untrained_model(lib):
+    model = toy_model(lib, vocab=COPY_VOCAB)
+    src = torch.tensor([[SOS, 5, 6, 7, EOS]])
+    out = lib.beam_search_decode(model, src, torch.ones(1, 1, 1, 5, dtype=torch.int), _CopyTokenizer(), 9, "cpu",
+                                 beam_size=3)
+    assert out[0].item() == SOS and 2 <= len(out) <= 9
+
+
+# ---------------------------------------------------------------- Part 13: training, checkpoints, resume
+
+def tiny_config(lib, tmp_path, data, **overrides):
+    return lib.get_config(**{
+        "datasource": str(data), "seq_len": 16, "d_model": 16, "N": 1, "h": 2, "d_ff": 32, "batch_size": 16,
+        "num_epochs": 2, "lr": 1e-3, "model_folder": str(tmp_path / "weights"), "experiment_name": str(tmp_path / "runs"),
+        "tokenizer_file": str(tmp_path / "tok_{0}.json"), "show_progress": False, "num_examples": 1, **overrides})
+
+
+def test_get_config_defaults_and_overrides(lib):
+    config = lib.get_config()
+    assert (config["d_model"], config["N"], config["h"], config["d_ff"], config["seq_len"]) == (512, 6, 8, 2048, 350)
+    assert config["datasource"] == "Helsinki-NLP/opus_books" and (config["lang_src"], config["lang_tgt"]) == ("en", "it")
+    assert lib.get_config(batch_size=3)["batch_size"] == 3
+    with pytest.raises(KeyError):
+        lib.get_config(batch_sise=3)
+    assert lib.get_weights_file_path(config, "07").endswith("weights/tmodel_07.pt")
+
+
+def test_checkpoint_resume_is_exact(lib, tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(120))
+    straight = lib.train_model(tiny_config(lib, tmp_path / "a", data))
+    lib.train_model(tiny_config(lib, tmp_path / "b", data, num_epochs=1))
+    checkpoint = torch.load(tmp_path / "b" / "weights" / "tmodel_00.pt", weights_only=False)
+    assert {"model_state_dict", "optimizer_state_dict", "epoch", "global_step"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == len(straight["train_dataloader"])
+    resumed = lib.train_model(tiny_config(lib, tmp_path / "b", data, preload="latest"))
+    assert resumed["val_dataloader"].dataset.src_texts == straight["val_dataloader"].dataset.src_texts
+    for (name, a), (_, b) in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][1]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
+    assert not list((tmp_path / "b" / "weights").glob("*.tmp"))  # atomic writes leave nothing behind

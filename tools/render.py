@@ -1,0 +1,90 @@
+"""Execute the notebook top to bottom in place, then clean and check it.
+
+    python tools/render.py --profile cpu [--notebook assignment5.ipynb] [--timeout SECONDS]
+
+Runs every cell with nbclient (no papermill, so no injected parameters cell) on the `python3`
+kernel, from the repository root, with A5_PROFILE=<profile>, A5_SHOW_PROGRESS=0 and
+A5_ALLOW_DOWNLOADS as given. The result goes to a temporary file and replaces the notebook
+only once it has run without error, been cleaned and passed tools/check_notebook.py;
+otherwise it is kept as out-failed.ipynb for debugging and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_notebook  # noqa: E402
+import clean_notebook  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def execute(nb, *, cwd: Path, timeout: int | None, kernel: str = "python3") -> None:
+    """Run all cells of nb in place; raises on the first failing cell (nb keeps what ran)."""
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=kernel,
+        resources={"metadata": {"path": str(cwd)}},
+        record_timing=False,
+        store_widget_state=False,
+    )
+    client.execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", required=True, help="A5_PROFILE: full | cpu | smoke | auto")
+    parser.add_argument("--notebook", type=Path, default=REPO / "assignment5.ipynb")
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    parser.add_argument("--allow-downloads", choices=("0", "1"), default="1", help="A5_ALLOW_DOWNLOADS (default 1)")
+    parser.add_argument("--kernel", default="python3")
+    parser.add_argument("--failed", type=Path, default=REPO / "out-failed.ipynb", help="where a failed run is kept")
+    args = parser.parse_args(argv)
+
+    notebook = args.notebook.resolve()
+    os.environ.update(A5_PROFILE=args.profile, A5_SHOW_PROGRESS="0", A5_ALLOW_DOWNLOADS=args.allow_downloads)
+    os.environ.pop("MPLBACKEND", None)  # let the kernel use its inline backend, so figures become outputs
+    nb = nbformat.read(notebook, as_version=4)
+
+    started = time.time()
+    print(f"render: executing {notebook.name} with A5_PROFILE={args.profile} in {REPO}", flush=True)
+    try:
+        execute(nb, cwd=REPO, timeout=args.timeout, kernel=args.kernel)
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
+        nbformat.write(nb, args.failed)
+        print(f"render: execution failed after {time.time() - started:.0f} s; partial run kept in {args.failed}")
+        print(str(error)[-3000:])
+        return 1
+    print(f"render: executed in {time.time() - started:.0f} s", flush=True)
+
+    clean_notebook.clean(nb)
+    with tempfile.NamedTemporaryFile("w", suffix=".ipynb", dir=notebook.parent, delete=False, encoding="utf-8") as f:
+        nbformat.write(nb, f)
+        rendered = Path(f.name)
+    rendered.chmod(notebook.stat().st_mode & 0o777)
+    seed = check_notebook.load_seed()
+    failures = check_notebook.check(rendered, seed=seed)
+    if failures:
+        rendered.replace(args.failed)
+        print(f"render: the run does not pass the checker; kept in {args.failed}:")
+        for failure in failures:
+            print(f"  - {failure}")
+        return 1
+    rendered.replace(notebook)
+    print(check_notebook.summary(notebook, seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
