@@ -12,6 +12,16 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -1379,7 +1389,7 @@ CLASSIFICATION_PROFILES = {
         "epochs": 3,
         "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
         "bert_lr": 1e-3,
-        "lora_train_size": 1500,
+        "lora_train_size": 2000,
         "lora_max_len": 128,
         "lora_batch_size": 16,  # more, smaller steps: the few examples LoRA sees here give few updates
         "lora_epochs": 2,

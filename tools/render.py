@@ -1,6 +1,6 @@
 """Execute the notebook top to bottom in place, then clean and check it.
 
-    python tools/render.py --profile cpu [--notebook assignment5.ipynb] [--timeout SECONDS]
+    python tools/render.py --profile cpu [--notebook assignment5.ipynb] [--timeout SECONDS] [--keep-previous]
 
 Runs every cell with nbclient (no papermill, so no injected parameters cell) on the `python3`
 kernel, from the repository root, with A5_PROFILE=<profile>, A5_SHOW_PROGRESS=0 and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +28,18 @@ import check_notebook  # noqa: E402
 import clean_notebook  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def remove_previous_run(root: Path, profile: str) -> list[Path]:
+    """Delete what an earlier run of this profile left behind (checkpoints, tokenizers, logs, saved models),
+    so the notebook resumes nothing and the render is a clean Run All."""
+    paths = [root / "weights" / f"transformer-{profile}", root / "runs" / f"transformer-{profile}",
+             *(root / "weights" / name for name in ("bert_small", "lora_adapter", "lora_merged")),
+             *(root / "data").glob(f"tokenizer-*-{profile}-*.json")]
+    removed = [path for path in paths if path.exists()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
 
 
 def execute(nb, *, cwd: Path, timeout: int | None, kernel: str = "python3") -> None:
@@ -49,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
     parser.add_argument("--allow-downloads", choices=("0", "1"), default="1", help="A5_ALLOW_DOWNLOADS (default 1)")
     parser.add_argument("--kernel", default="python3")
+    parser.add_argument("--keep-previous", action="store_true",
+                        help="keep earlier checkpoints and tokenizers of this profile (the run then resumes from them)")
     parser.add_argument("--failed", type=Path, default=REPO / "out-failed.ipynb", help="where a failed run is kept")
     args = parser.parse_args(argv)
 
@@ -56,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(A5_PROFILE=args.profile, A5_SHOW_PROGRESS="0", A5_ALLOW_DOWNLOADS=args.allow_downloads)
     os.environ.pop("MPLBACKEND", None)  # let the kernel use its inline backend, so figures become outputs
     nb = nbformat.read(notebook, as_version=4)
+    if not args.keep_previous:
+        for path in remove_previous_run(REPO, args.profile):
+            print(f"render: removed {path.relative_to(REPO)} from an earlier run", flush=True)
 
     started = time.time()
     print(f"render: executing {notebook.name} with A5_PROFILE={args.profile} in {REPO}", flush=True)
