@@ -17,11 +17,11 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tools"))
 os.chdir(REPO)  # the lib cells resolve data paths from the working directory
 
 import torch  # noqa: E402
-from conftest import load_lib_cells  # noqa: E402
+from nblib import load_lib_cells  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 
