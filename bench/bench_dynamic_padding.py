@@ -5,7 +5,7 @@ bucketing). One process, the same complaints, the same model; uses the notebook'
     python bench/bench_dynamic_padding.py [--n 256] [--max-len 512] [--batch-size 32] [--threads 2]
 
 Reads the notebook named by A5_NOTEBOOK (default assignment5.ipynb) and the complaints file the
-notebook would use (A5_COMPLAINTS_CSV, else the offline copy in ../shared, else the test fixture).
+notebook would use (A5_COMPLAINTS_CSV, else the copy committed under data/).
 """
 from __future__ import annotations
 
@@ -53,8 +53,6 @@ def main() -> None:
 
     lib = load_lib_cells(Path(os.environ.get("A5_NOTEBOOK", REPO / "assignment5.ipynb")))
     csv = os.environ.get("A5_COMPLAINTS_CSV") or None
-    if csv is None and not lib.OFFLINE_COMPLAINTS.is_file():
-        csv = REPO / "tests" / "fixtures" / "complaints_synthetic.csv"
     path, origin = lib.resolve_complaints_source(csv, allow_downloads=False)
     df = lib.sample_complaints(lib.load_complaints(path), args.n, seed=0)
     texts = df["Consumer complaint narrative"].map(lib.clean_complaint_text).tolist()

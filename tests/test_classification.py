@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SHARED_COMPLAINTS
+from conftest import EMBEDDED_COMPLAINTS, REPO
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 FIXTURE_CSV = REPO / "tests" / "fixtures" / "complaints_synthetic.csv"
@@ -106,18 +106,16 @@ def test_resolve_source_prefers_explicit_then_offline_then_errors(lib, tmp_path)
     with pytest.raises(FileNotFoundError):
         lib.resolve_complaints_source(tmp_path / "missing.csv", False, tmp_path / "data", given)
     path, origin = lib.resolve_complaints_source(None, False, tmp_path / "data", given)
-    assert path == given and origin.startswith("offline stand-in")
+    assert path == given and origin.lower().startswith("offline stand-in")
     with pytest.raises(FileNotFoundError, match="A5_COMPLAINTS_CSV"):
         lib.resolve_complaints_source(None, False, tmp_path / "data", tmp_path / "none.gz")
 
 
 # --- classes and split -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", ["fixture", "shared"])
+@pytest.mark.parametrize("source", ["fixture", "embedded"])
 def test_merge_and_keep_leaves_at_least_five_classes(lib, source):
-    path = FIXTURE_CSV if source == "fixture" else SHARED_COMPLAINTS
-    if not path.is_file():
-        pytest.skip(f"{path} absent")
+    path = FIXTURE_CSV if source == "fixture" else EMBEDDED_COMPLAINTS
     df = lib.load_complaints(path)
     df = df[~df.get("source_repo", pd.Series("", index=df.index)).isin(lib.SINGLE_CLASS_SOURCES)]
     for name, profile in lib.CLASSIFICATION_PROFILES.items():

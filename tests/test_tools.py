@@ -37,6 +37,29 @@ update_display(Markdown(f"**Run summary:** profile `{PROFILE}`, wall time {time.
                display_id="run-summary")"""
 
 
+def conclusions_cell(title):
+    """A code cell that displays conclusions written from the run (over 300 characters)."""
+    return new_code_cell(
+        f'display(Markdown(f"**{title}.** Profile `{{PROFILE}}`, seed {{SEED}}: " '
+        '+ "the run drew its curve and printed what it checked. " * 7))'
+    )
+
+
+def add_header_and_conclusions(nb):
+    """Give a small notebook what the grader rules ask for: the seed's header fields in its first
+    markdown cell and, before its last cell, conclusions after Section 1 and after Part 3."""
+    nb.cells[0].source += "\n\nFull Name : A. Student\n<br>\nStudent Number : 401234567"
+    nb.cells[-1:-1] = [
+        new_markdown_cell("### Conclusions"),
+        conclusions_cell("Section 1 conclusions"),
+        new_markdown_cell("# Section 2: BERT and LoRA"),
+        new_markdown_cell("## Part 3: Fine-Tuning TinyBERT with LoRA"),
+        new_markdown_cell("### Conclusions"),
+        conclusions_cell("Part 3 conclusions"),
+    ]
+    return nb
+
+
 def small_notebook():
     """A notebook following assignment5's conventions, unexecuted."""
     nb = new_notebook(
@@ -62,7 +85,7 @@ def small_notebook():
         ]
     )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
+    return add_header_and_conclusions(nb)
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +262,191 @@ def test_checker_cli(tmp_path, nb, capsys):
     nbformat.write(nb, path)
     assert check_notebook.main([str(path), "--seed", str(seed)]) == 1
     assert "provenance fingerprint mismatch" in capsys.readouterr().out
+
+
+# --- grader rules ------------------------------------------------------------------------------------------------------
+
+
+def grader_notebook(*cells):
+    """A minimal notebook, not executed: the rules below read only its markdown and outputs."""
+    return new_notebook(cells=list(cells))
+
+
+def display_output(**data):
+    return new_output("display_data", data=data)
+
+
+def frame_output(cells):
+    """A displayed one-column DataFrame (HTML and plain text) with these cell texts."""
+    rows = "".join(f"<tr><th>{i}</th><td>{cell}</td></tr>" for i, cell in enumerate(cells))
+    page = f'<table border="1" class="dataframe"><thead><tr><th></th><th>text</th></tr></thead><tbody>{rows}</tbody></table>'
+    plain = "\n".join(["                 text", *(f"{i}  {cell}" for i, cell in enumerate(cells))])
+    return display_output(**{"text/html": page, "text/plain": plain})
+
+
+def rule_failures(nb, fragment):
+    return [f for f in failures(nb) if fragment in f]
+
+
+@pytest.mark.parametrize(
+    "cut, full",
+    [
+        (
+            frame_output(["a short one", "And Abram was very rich in cattle, in silver, and in gold, ..."]),
+            frame_output(["a short one", "And Abram was very rich in cattle, in silver, and in gold, and in flocks."]),
+        ),
+        (
+            frame_output(["La madre di Sisera riguardava per la finestra…"]),
+            frame_output(["La madre di Sisera riguardava per la finestra."]),
+        ),
+        (
+            display_output(**{"text/plain": "   text\n0  first cut...\n1  second"}),
+            display_output(**{"text/plain": "   text\n0  first in full\n1  second"}),
+        ),
+    ],
+)
+def test_truncated_table_cell_fails(cut, full):
+    bad = grader_notebook(new_code_cell("display(samples)", execution_count=1, outputs=[cut]))
+    found = rule_failures(bad, "truncated table cell")
+    assert len(found) == 1 and found[0].startswith("cell 0 (In [1]): truncated table cell"), found
+    good = grader_notebook(new_code_cell("display(samples)", execution_count=1, outputs=[full]))
+    assert rule_failures(good, "truncated table") == []
+
+
+def test_prose_and_elided_rows_are_not_truncated_cells():
+    nb = grader_notebook(
+        new_code_cell(
+            "print('Training...'); display(frame)",
+            execution_count=1,
+            outputs=[
+                new_output("stream", name="stdout", text="Training...\n0  loading...\n1  done...\n"),
+                frame_output(["first", "...", "last"]),
+                display_output(**{"text/plain": "Loading the tokenizer..."}),
+            ],
+        )
+    )
+    assert rule_failures(nb, "truncated table") == []
+
+
+FIGURES_MD = (
+    "MiniLM has 22.7M parameters. LoRA trains 76,423 of them, and reaches accuracy 0.737 (macro-F1 16.57%), "
+    "1.5× faster."
+)
+
+
+def test_markdown_figure_not_in_outputs_fails():
+    def nb(stdout):
+        return grader_notebook(
+            new_markdown_cell(FIGURES_MD),
+            new_code_cell("report()", execution_count=1, outputs=[new_output("stream", name="stdout", text=stdout)]),
+        )
+
+    bad = nb("base model: 4,385,920 parameters; trainable 76,432\naccuracy 0.741, macro-F1 0.1657; speed-up 1.46\n")
+    found = rule_failures(bad, "is not in any code output")
+    assert [f.split("'")[1] for f in found] == ["22.7M", "76,423", "0.737", "1.5×"], found
+    assert found[0].startswith("cell 0 (markdown): figure '22.7M' is not in any code output")
+    good = nb("base model: 22,713,408 parameters; trainable 76,423\naccuracy 0.737, macro-F1 0.1657; speed-up 1.5\n")
+    assert rule_failures(good, "is not in any code output") == []
+
+
+def test_cited_code_math_and_markup_figures_are_exempt():
+    nb = grader_notebook(
+        new_markdown_cell(
+            "### 1.2 Loading the Data\n\n"
+            "BERT-base has 110.5M parameters (Devlin et al., 2019). GPT-3 cost 3.14 × 10²³ FLOPs (2020).\n"
+            "Llama 3.1 used 16,000 GPUs, says its model card. The paper's dropout is 0.1.\n"
+            "* TinyBERT has 4.4M parameters ([model page](https://huggingface.co/prajjwal1/bert-tiny))\n\n"
+            "We set `weight_decay=0.01`, smooth with $\\epsilon_{ls} = 0.1$ and $$p = 0.9$$ and run Python 3.10.12.\n"
+            '<font color="#0.5" size=4.5>Title</font>\n\n```python\nlr = 3.5e-4  # 2.5x\n```'
+        ),
+        new_code_cell("pass_through()", execution_count=1, outputs=[]),
+    )
+    assert rule_failures(nb, "is not in any code output") == []
+
+
+def test_generated_markdown_is_an_output_not_a_figure_source():
+    nb = grader_notebook(
+        new_markdown_cell("The fine-tuned model reaches 0.737."),
+        new_code_cell(
+            "display(Markdown(f'accuracy {acc:.3f}'))",
+            execution_count=1,
+            outputs=[display_output(**{"text/markdown": "accuracy 0.737 of 12,345 complaints", "text/plain": "<M>"})],
+        ),
+    )
+    assert rule_failures(nb, "is not in any code output") == []
+
+
+def test_missing_conclusions_fail(nb):
+    assert rule_failures(nb, "onclusion") == []
+    short = copy.deepcopy(nb)
+    code_cells(short)[-2].outputs[0].data["text/markdown"] = "**Part 3 conclusions.** It worked."
+    index = short.cells.index(code_cells(short)[-2]) - 1
+    assert rule_failures(short, "onclusion") == [
+        f"cell {index} (markdown): conclusions heading 'Conclusions' is not followed, before the next heading, by a "
+        "code cell displaying Markdown of at least 300 characters written from the run (display(Markdown(...)))"
+    ]
+    missing = copy.deepcopy(nb)
+    missing.cells = [c for c in missing.cells if "onclusions" not in c.source]
+    found = rule_failures(missing, "no 'Conclusions' heading")
+    assert [f.split(": ", 1)[1].split(" (")[0] for f in found] == [
+        "no 'Conclusions' heading between 'Section 1: Transformer' and 'Section 2: BERT and LoRA'",
+        "no 'Conclusions' heading after 'Part 3: Fine-Tuning TinyBERT with LoRA'",
+    ]
+    assert found[0].startswith("cells 0-")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import warnings\nwarnings.filterwarnings('ignore')",
+        'warnings.simplefilter("ignore")  # quiet',
+        "from warnings import filterwarnings\nfilterwarnings(action='ignore')",
+        "%matplotlib inline\nwith warnings.catch_warnings():\n    warnings.simplefilter('ignore')\n    run()",
+    ],
+)
+def test_blanket_warning_suppression_fails(source):
+    bad = grader_notebook(new_code_cell(source, execution_count=1))
+    found = rule_failures(bad, "blanket warnings suppression")
+    assert len(found) == 1 and found[0].startswith("cell 0 (In [1]): blanket warnings suppression "), found
+    narrowed = source.replace("'ignore')", "'ignore', category=FutureWarning)").replace(
+        '"ignore")', '"ignore", FutureWarning)'
+    )
+    good = grader_notebook(
+        new_code_cell(
+            narrowed + "\n# warnings.filterwarnings('ignore')\n"
+            'warnings.filterwarnings("ignore", message="TypedStorage is deprecated")',
+            execution_count=1,
+        )
+    )
+    assert rule_failures(good, "blanket warnings") == []
+
+
+def test_missing_header_fails(nb):
+    assert rule_failures(nb, "header") == []
+    nb.cells[0].source = nb.cells[0].source.replace("Student Number", "Student ID")
+    assert rule_failures(nb, "header") == [
+        "cell 0 (markdown): header before the first code cell lacks the seed's 'Student Number' field(s)"
+    ]
+    nb.cells.insert(0, new_code_cell("x = 1"))
+    assert rule_failures(nb, "header") == [
+        "cell 0: header before the first code cell lacks the seed's 'Full Name' and 'Student Number' field(s)"
+    ]
+
+
+def test_old_notebook_fails_grader_rules():
+    """Cells of the notebook as committed before the grader rules (tests/fixtures/make_old_notebook_excerpt.py)."""
+    path = REPO / "tests" / "fixtures" / "old_notebook_excerpt.ipynb"
+    assert path.stat().st_size < 200 * 1024
+    found = check_notebook.check(path)
+    for expected in [
+        "cell 3 (In [30]): truncated table cell",
+        "cell 5 (markdown): figure '22.7M' is not in any code output",
+        "no 'Conclusions' heading between 'Section 1: Transformer' and 'Section 2: BERT and LoRA'",
+        "no 'Conclusions' heading after 'Part 3: Fine-Tuning TinyBERT with LoRA'",
+        "cell 2 (In [28]): blanket warnings suppression warnings.filterwarnings('ignore')",
+        "header before the first code cell lacks the seed's 'Full Name' and 'Student Number' field(s)",
+    ]:
+        assert any(expected in f for f in found), (expected, found)
 
 
 # --- seed headings -----------------------------------------------------------------------------------------------------

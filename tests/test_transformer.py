@@ -358,6 +358,105 @@ def test_beam_search_returns_finished_hypothesis_on_untrained_model(lib):
     assert out[0].item() == SOS and 2 <= len(out) <= 9
 
 
+
+def test_batched_beam_search_equals_one_sentence_at_a_time(lib, copy_model):
+    src, _, _, seqs = copy_batch(6, random.Random(5))
+    src_mask = (src != PAD)[:, None, None, :].int()
+    batched = lib.beam_search_decode_batch(copy_model, src, src_mask, SOS, EOS, PAD, 12, beam_size=3)
+    for i, seq in enumerate(seqs):
+        n = len(seq) + 2
+        single = lib.beam_search_decode(copy_model, src[i : i + 1, :n], src_mask[i : i + 1, ..., :n], _CopyTokenizer(),
+                                        12, "cpu", beam_size=3)
+        assert batched[i, : len(single)].tolist() == single.tolist()
+        assert (batched[i, len(single) :] == PAD).all()
+
+
+@pytest.mark.parametrize(("text", "looping"), [
+    ("E, avendo per, per, e per, e per, e per, e le, e.", True),
+    ("e disse: molto molto molto bene", True),
+    ("il re il re disse al re", False),
+    ("In principio Iddio creò il cielo e la terra.", False),
+    ("", False),
+])
+def test_repetition_loop_detection(lib, text, looping):
+    assert lib.has_repetition_loop(text) is looping
+
+
+def test_loop_share_is_a_percentage(lib):
+    assert lib.loop_share(["a b a b a b", "ok", "fine", "x x x"]) == 50.0
+    assert lib.loop_share([]) == 0.0
+
+
+def test_ids_to_text_shows_unk_only_when_asked(lib, tokenizers):
+    _, tok, _ = tokenizers
+    ids = [tok.token_to_id("[SOS]"), tok.token_to_id("[UNK]"), tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")]
+    assert lib.ids_to_text(tok, ids) == ""
+    assert lib.ids_to_text(tok, ids, keep_unk=True) == "[UNK]"
+
+
+def test_training_loss_on_logits_equals_loss_on_log_probabilities(lib):
+    model = toy_model(lib, dropout=0.0).train()
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    labels = torch.randint(0, 20, (15,))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    logits_loss = loss_fn(model.projection_layer.logits(x).view(-1, 20), labels)
+    (grad_logits,) = torch.autograd.grad(logits_loss, x)
+    log_prob_loss = loss_fn(model.project(x).view(-1, 20), labels)
+    (grad_log_probs,) = torch.autograd.grad(log_prob_loss, x)
+    assert torch.allclose(logits_loss, log_prob_loss, atol=1e-6)
+    assert torch.allclose(grad_logits, grad_log_probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", [16, None])
+def test_layer_normalization_is_the_textbook_formula(lib, features):
+    torch.manual_seed(1)
+    norm = lib.LayerNormalization(eps=1e-6, features=features)
+    with torch.no_grad():
+        norm.alpha.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+    textbook = norm.alpha * (x - mean) / torch.sqrt(var + norm.eps) + norm.bias
+    ours = norm(x)
+    assert torch.allclose(ours, textbook, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), [x, norm.alpha, norm.bias])
+    expected = torch.autograd.grad(textbook.square().sum(), [x, norm.alpha, norm.bias])
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_token_budget_batches_cover_every_item_once(lib):
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(500)]
+    sampler = lib.LengthGroupedBatchSampler(lengths, batch_size=64, shuffle=True, seed=1, max_tokens=400)
+    sampler.set_epoch(2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    for batch in batches:
+        assert len(batch) <= 64
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 400
+    assert max(map(len, batches)) > 8  # short sentences travel in large batches
+
+
+def test_learning_rate_schedule(lib):
+    factor = lib.learning_rate_factor
+    assert factor(0, 10, 100) == pytest.approx(0.1) and factor(9, 10, 100) == 1.0
+    assert factor(50, 10, 100) == 1.0  # constant after warm-up, as in the seed
+    assert factor(10, 10, 110, "cosine") == 1.0 and factor(60, 10, 110, "cosine") == pytest.approx(0.5)
+    assert factor(110, 10, 110, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert factor(60, 10, 110, "linear") == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        factor(60, 10, 110, "exponential")
+
+
+def test_transformer_train_flops_counts_weights_per_token(lib):
+    model = toy_model(lib)
+    def matrices(module):
+        return sum(p.numel() for p in module.parameters() if p.dim() > 1)
+    expected = 6 * (matrices(model.encoder) * 100 + (matrices(model.decoder) + matrices(model.projection_layer)) * 80)
+    assert lib.transformer_train_flops(model, 100, 80) == expected
+
 # ---------------------------------------------------------------- Part 13: training, checkpoints, resume
 
 def tiny_config(lib, tmp_path, data, **overrides):

@@ -10,12 +10,44 @@ comments) must carry at least k `image/png` outputs; a non-`lib` cell that draws
 function>(`, `.plot(`, `sns.<...>(`) without calling `plt.show()` or `plt.close(` must carry
 at least one. Plots drawn inside helper functions are only seen through the `plt.show()` of
 the cell that calls them, so end such cells with `plt.show()`.
+
+Rules on what a grader reads (issue 8, item 9):
+
+* Truncated table cell: no table output may show a cell cut by pandas' `display.max_colwidth`:
+  in `text/html` with a `<table`, a `<td>`/`<th>` whose text ends with `...` or `…`; in the
+  `text/plain` of a displayed table (a display/execute result that has an HTML table, or whose
+  lines read `index  value  ...`), a cell (columns split at 2+ spaces) ending so. A cell that is
+  only `...` (pandas' marker for elided rows or columns) is not a cut cell; streams are never
+  tables. Show the full text (`pd.option_context("display.max_colwidth", None)`) or wrap it.
+* Markdown figures: in markdown cells (not in Markdown that code cells display), every number
+  written with a thousands separator or a decimal point (`76,423`, `16.57`, `0.737`, `22.7M`,
+  `1.5×`, `85.3%`) must appear among the numbers of the code cells' outputs. Commas are dropped
+  and a trailing unit (`M`, `B`/`G`, `k`/`K`, `×`/`x`, `%`) split off before comparing numbers
+  (`16.57` = `16.570`); a figure with a scaling unit also agrees with a number that rounds to it
+  at its written precision once scaled (`22.7M` ~ 22,713,408; `85.3%` ~ 0.853). Not read:
+  headings, fenced code, inline code, `$...$`/`$$...$$` math, HTML tags (their attributes),
+  numbers inside version-like strings (`3.10.12`, `v1.2`), and every sentence (list item,
+  table row) that cites a source: a year 19xx/20xx inside parentheses, "et al.", a URL, or the
+  words "paper", "published", "model card" or "report". So a figure from elsewhere is written
+  in a cited sentence, a setting as inline code (`weight_decay=0.01`), and a figure of this run
+  is printed by code (or displayed as Markdown generated from the run).
+* Conclusions: a markdown heading containing "Conclusion" between the headings
+  "Section 1: Transformer" and "Section 2: BERT and LoRA", and another after
+  "Part 3: Fine-Tuning TinyBERT with LoRA"; each such heading is followed, before the next
+  heading, by a code cell whose `text/markdown` output (`display(Markdown(...))`, written from
+  the run's results) is at least 300 characters long.
+* Warnings: no code cell calls `warnings.filterwarnings("ignore")` or
+  `warnings.simplefilter("ignore")` without a category, message or module (comments aside).
+* Header: the markdown cells before the first code cell carry the seed's "Full Name" and
+  "Student Number" fields.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import bisect
+import html
 import io
 import json
 import os
@@ -150,10 +182,10 @@ def load_seed(path: Path | None = None) -> list[str]:
     return seed_headings(path.read_text(encoding="utf-8")) if path.exists() else SEED_HEADINGS
 
 
-def notebook_headings(nb) -> list[str]:
-    """Headings of the markdown cells, outside fenced code blocks."""
+def heading_positions(nb) -> list[tuple[int, str]]:
+    """(cell index, heading) of the markdown cells' headings, in order, outside fenced code."""
     found = []
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown":
             continue
         fenced = False
@@ -162,9 +194,14 @@ def notebook_headings(nb) -> list[str]:
                 fenced = not fenced
                 continue
             if not fenced and (m := MD_HEADING.match(line)):
-                found.append(m.group(2))
-        found.extend(HTML_HEADING.findall(cell.source))
+                found.append((i, m.group(2)))
+        found += [(i, h) for h in HTML_HEADING.findall(cell.source)]
     return found
+
+
+def notebook_headings(nb) -> list[str]:
+    """Headings of the markdown cells, outside fenced code blocks."""
+    return [heading for _, heading in heading_positions(nb)]
 
 
 def check_headings(nb, expected: list[str]) -> list[str]:
@@ -215,6 +252,280 @@ def summary_placeholders(source: str) -> list[str]:
 def label(index: int, cell) -> str:
     count = cell.get("execution_count")
     return f"cell {index} (In [{count if count is not None else ' '}])"
+
+
+def md_label(index: int) -> str:
+    return f"cell {index} (markdown)"
+
+
+# --- truncated table cells -----------------------------------------------------------------------------------------
+
+TABLE_CELL = re.compile(r"<t([dh])\b[^>]*>(.*?)</t\1\s*>", re.IGNORECASE | re.DOTALL)
+FRAME_ROW = re.compile(r"^\S+ {2,}\S")
+ELLIPSES = ("...", "…")
+
+
+def is_cut(text: str) -> bool:
+    """A table cell that pandas cut (it ends with an ellipsis), not pandas' bare elision marker."""
+    text = text.strip()
+    return text.endswith(ELLIPSES) and text not in ELLIPSES
+
+
+def looks_like_frame(plain: str) -> bool:
+    """The `text/plain` repr of a DataFrame or Series: at least two `index  value` rows."""
+    return sum(bool(FRAME_ROW.match(line)) for line in plain.splitlines()) >= 2
+
+
+def truncated_cells(output) -> list[str]:
+    """Table cells of a display/execute result that pandas cut at `display.max_colwidth`."""
+    if output.get("output_type") not in ("display_data", "execute_result"):
+        return []
+    data = output.get("data", {})
+    joined = {k: v if isinstance(v, str) else "".join(v) for k, v in data.items() if k in ("text/html", "text/plain")}
+    page, plain = joined.get("text/html", ""), joined.get("text/plain", "")
+    if "<table" in page.lower():
+        cells = [html.unescape(re.sub(r"<[^>]+>", "", m.group(2))).strip() for m in TABLE_CELL.finditer(page)]
+        return [c for c in cells if is_cut(c)]
+    if plain and looks_like_frame(plain):
+        tokens = [t for line in plain.splitlines() for t in re.split(r"\s{2,}", line.rstrip().rstrip("\\"))]
+        return [t.strip() for t in tokens if is_cut(t)]
+    return []
+
+
+def check_truncated_tables(code) -> list[str]:
+    failures = []
+    for i, cell in code:
+        for output in cell.get("outputs", []):
+            if cut := truncated_cells(output):
+                example = cut[0] if len(cut[0]) <= 40 else cut[0][-40:]
+                failures.append(
+                    f"{label(i, cell)}: truncated table cell {example!r} ({len(cut)} cell(s) cut by pandas "
+                    "display.max_colwidth: show the full text)"
+                )
+    return failures
+
+
+# --- markdown figures ----------------------------------------------------------------------------------------------
+
+FIGURE = re.compile(
+    r"(?<![\w.,])(?P<number>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?![.,]?\d)"
+    r"(?P<unit>[MBGkK](?![A-Za-z])|×|x(?![A-Za-z])| ?%)?"
+)
+OUTPUT_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+(?:\.\d+)?")
+UNIT_SCALE = {"M": 1e6, "B": 1e9, "G": 1e9, "k": 1e3, "K": 1e3, "%": 1e-2}
+CITATION = re.compile(
+    r"\([^()]*\b(?:19|20)\d{2}[a-z]?\b[^()]*\)|\bet al\b|https?://|\bwww\.|\bpapers?\b|\bpublished\b"
+    r"|\bmodel cards?\b|\breport(?:s|ed)?\b",
+    re.IGNORECASE,
+)
+ABBREVIATION = re.compile(r"\b(?:al|e\.g|i\.e|cf|vs|etc|approx|Fig|Eq|Sec|No)\.$", re.IGNORECASE)
+BLOCK_START = re.compile(r"^\s*(?:[*+-]\s|\d+[.)]\s|\|)")
+
+
+def markdown_prose(source: str) -> str:
+    """Markdown without what the figure rule does not read: code, math, HTML tags, headings."""
+    text = re.sub(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", " ", source, flags=re.MULTILINE | re.DOTALL)
+    text = re.sub(r"(`+)(?:(?!\1).)+?\1", " ", text, flags=re.DOTALL)
+    text = re.sub(r"\$\$.*?\$\$", " ", text, flags=re.DOTALL)
+    text = re.sub(r"\$[^$\n]+\$", " ", text)
+    text = HTML_HEADING.sub(" ", text)
+    text = re.sub(r"<[^>]*>", " ", text)
+    return "\n".join("" if MD_HEADING.match(line) else line for line in text.splitlines())
+
+
+def sentences(prose: str) -> list[str]:
+    """Paragraphs, list items and table rows, each split into sentences."""
+    blocks: list[list[str]] = [[]]
+    for line in prose.splitlines():
+        if not line.strip() or BLOCK_START.match(line):
+            blocks.append([])
+        blocks[-1].append(line)
+    found = []
+    for block in blocks:
+        pieces = re.split(r"(?<=[.!?])\s+", " ".join(block).strip())
+        for piece in pieces:
+            if found and found[-1] is not None and ABBREVIATION.search(found[-1]):
+                found[-1] += " " + piece
+            else:
+                found.append(piece)
+        found.append(None)  # no sentence runs on across blocks
+    return [s for s in found if s]
+
+
+def figures(source: str) -> list[str]:
+    """Figures of a markdown cell that must agree with the run (see the module docstring)."""
+    found = []
+    for sentence in sentences(markdown_prose(source)):
+        if not CITATION.search(sentence):
+            found += [m.group(0).strip() for m in FIGURE.finditer(sentence)]
+    return list(dict.fromkeys(found))
+
+
+def run_numbers(code) -> list[float]:
+    """Sorted numbers of the code cells' outputs."""
+    texts = [output_text(o) for _, cell in code for o in cell.get("outputs", [])]
+    values = set()
+    for text in texts:
+        for match in OUTPUT_NUMBER.finditer(text):
+            try:
+                values.add(float(match.group(0).replace(",", "")))
+            except ValueError:  # an overflowing exponent
+                continue
+    return sorted(values)
+
+
+def agrees(figure: str, numbers: list[float]) -> bool:
+    """Whether the run has the figure's number, or (for `M`, `B`, `k`, `%`) one that rounds to it scaled."""
+    m = FIGURE.fullmatch(figure)
+    if m is None:
+        return False
+    digits, unit = m.group("number").replace(",", ""), (m.group("unit") or "").strip()
+    value = float(digits)
+    at = bisect.bisect_left(numbers, value)
+    if at < len(numbers) and numbers[at] == value:
+        return True
+    if unit not in UNIT_SCALE:
+        return False
+    scale = UNIT_SCALE[unit]
+    tolerance = 0.5 * 10 ** -len(digits.partition(".")[2]) * (1 + 1e-9)
+    low, high = (value - tolerance) * scale, (value + tolerance) * scale
+    at = bisect.bisect_left(numbers, low)
+    return at < len(numbers) and numbers[at] <= high
+
+
+def check_markdown_figures(nb, code) -> list[str]:
+    numbers = run_numbers(code)
+    failures = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        for figure in figures(cell.source):
+            if not agrees(figure, numbers):
+                failures.append(
+                    f"{md_label(i)}: figure {figure!r} is not in any code output (print it from the run, "
+                    "write a setting as inline code, or cite its source in the sentence)"
+                )
+    return failures
+
+
+# --- conclusions ---------------------------------------------------------------------------------------------------
+
+SECTION_1, SECTION_2, PART_3 = (
+    "Section 1: Transformer",
+    "Section 2: BERT and LoRA",
+    "Part 3: Fine-Tuning TinyBERT with LoRA",
+)
+MIN_CONCLUSIONS = 300
+
+
+def generated_markdown(cell) -> int:
+    """Length of the longest `text/markdown` output of a code cell."""
+    lengths = [0]
+    for output in cell.get("outputs", []):
+        text = output.get("data", {}).get("text/markdown", "")
+        lengths.append(len((text if isinstance(text, str) else "".join(text)).strip()))
+    return max(lengths)
+
+
+def check_conclusions(nb) -> list[str]:
+    headings = heading_positions(nb)
+    names = [normalise(h) for _, h in headings]
+
+    def find(heading: str, start: int = 0) -> int | None:
+        return next((k for k in range(start, len(names)) if normalise(heading) in names[k]), None)
+
+    s1 = find(SECTION_1)
+    s2 = find(SECTION_2, 0 if s1 is None else s1 + 1)
+    p3 = find(PART_3, 0 if s2 is None else s2 + 1)
+    failures = []
+    for anchor, start, end, where in [
+        (SECTION_1, s1, s2, f"between {SECTION_1!r} and {SECTION_2!r}"),
+        (PART_3, p3, None, f"after {PART_3!r}"),
+    ]:
+        if start is None:
+            failures.append(f"no 'Conclusions' heading {where} (heading {anchor!r} missing)")
+            continue
+        found = [k for k in range(start + 1, len(names) if end is None else end) if "conclusion" in names[k]]
+        if not found:
+            last = len(nb.cells) - 1 if end is None else max(headings[start][0], headings[end][0] - 1)
+            failures.append(
+                f"cells {headings[start][0]}-{last}: no 'Conclusions' heading {where} (add one, followed by a "
+                "cell that displays Markdown written from the run)"
+            )
+        for k in found:
+            i = headings[k][0]
+            stop = headings[k + 1][0] if k + 1 < len(headings) else len(nb.cells)
+            between = [c for c in nb.cells[i + 1 : stop] if c.cell_type == "code"]
+            if not any(generated_markdown(c) >= MIN_CONCLUSIONS for c in between):
+                failures.append(
+                    f"{md_label(i)}: conclusions heading {headings[k][1]!r} is not followed, before the next heading, "
+                    f"by a code cell displaying Markdown of at least {MIN_CONCLUSIONS} characters written from the "
+                    "run (display(Markdown(...)))"
+                )
+    return failures
+
+
+# --- blanket warnings suppression ----------------------------------------------------------------------------------
+
+WARNING_FILTERS = {"filterwarnings", "simplefilter"}
+BLANKET_RE = re.compile(r"\b(?:filterwarnings|simplefilter)\(\s*(?:action\s*=\s*)?['\"]ignore['\"]\s*\)")
+
+
+def parse_cell(source: str):
+    """The cell's syntax tree, IPython magics and shell lines blanked; None if it does not parse."""
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def blanket_suppressions(source: str) -> list[str]:
+    """`warnings.filterwarnings("ignore")`-style calls of a cell that name no category, message or module."""
+    tree = parse_cell(source)
+    if tree is None:
+        return [m.group(0) for m in BLANKET_RE.finditer(without_comments(source))]
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        if name not in WARNING_FILTERS:
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        action = node.args[0] if node.args else keywords.get("action")
+        narrowed = len(node.args) > 1 or {"message", "category", "module"} & keywords.keys()
+        if isinstance(action, ast.Constant) and action.value == "ignore" and not narrowed:
+            found.append(ast.get_source_segment(source, node) or f"{name}('ignore')")
+    return found
+
+
+def check_warning_filters(code) -> list[str]:
+    return [
+        f"{label(i, cell)}: blanket warnings suppression {call} (name the category or message to ignore)"
+        for i, cell in code
+        for call in blanket_suppressions(cell.source)
+    ]
+
+
+# --- header ----------------------------------------------------------------------------------------------------------
+
+HEADER_FIELDS = ("Full Name", "Student Number")
+
+
+def check_header(nb) -> list[str]:
+    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    header = [i for i in range(first_code) if nb.cells[i].cell_type == "markdown"]
+    text = " ".join(" ".join(nb.cells[i].source.split()) for i in header).casefold()
+    missing = [f for f in HEADER_FIELDS if f.casefold() not in text]
+    if not missing:
+        return []
+    where = (
+        f"cells {header[0]}-{header[-1]} (markdown)" if len(header) > 1 else md_label(header[0]) if header else "cell 0"
+    )
+    fields = " and ".join(repr(f) for f in missing)
+    return [f"{where}: header before the first code cell lacks the seed's {fields} field(s)"]
 
 
 def check(nb_or_path, *, seed: list[str] | None = None, max_bytes: int = MAX_BYTES) -> list[str]:
@@ -295,6 +606,11 @@ def check(nb_or_path, *, seed: list[str] | None = None, max_bytes: int = MAX_BYT
             failures.append(f"{label(i, cell)}: run summary still shows its placeholder (last cell did not update it)")
 
     failures += check_headings(nb, seed)
+    failures += check_header(nb)
+    failures += check_conclusions(nb)
+    failures += check_truncated_tables(code)
+    failures += check_warning_filters(code)
+    failures += check_markdown_figures(nb, code)
 
     if code:
         last_index, last = code[-1]

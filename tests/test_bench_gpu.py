@@ -1,0 +1,70 @@
+"""bench/bench_gpu.py (the GPU speed check) and bench/bench_batching.py, run at tiny sizes on CPU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def restore_modules():
+    """Put sys.modules back as it was: the lib loader may add stand-ins for missing modules."""
+    saved = dict(sys.modules)
+    yield
+    sys.modules.clear()
+    sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def bench_gpu():
+    return load_bench("bench_gpu")
+
+
+def test_bench_gpu_cpu_smoke_runs_both_sections(bench_gpu, tmp_path):
+    results = bench_gpu.main(["--cpu-smoke", "--json", str(tmp_path / "results.json")])
+    s1, s2 = results["section1"], results["section2"]
+    assert s1["steps_per_s"] > 0 and s1["target_tokens_per_s"] > 0 and s1["steps_per_epoch"] > 0
+    assert 0 < s1["projected_s"][0] <= s1["projected_s"][1]
+    assert len(s2["models"]) == 3 and all(m["projected_s"] > 0 for m in s2["models"].values())
+    assert s1["mfu"] is None  # no GPU, no peak
+    assert json.loads((tmp_path / "results.json").read_text())["device"] == "CPU"
+
+
+def test_bench_gpu_wordpiece_tokenizer_when_no_vocab_is_carried(bench_gpu, capsys):
+    results = bench_gpu.main(["--cpu-smoke", "--sections", "2", "--tokenizer", "wordpiece"])
+    assert "WordPiece trained here" in capsys.readouterr().out
+    assert len(results["section2"]["models"]) == 3
+
+
+def test_bench_gpu_loads_lib_cells_without_nbformat_or_plotting(bench_gpu, restore_modules):
+    for name in ("nbformat", "matplotlib", "matplotlib.pyplot", "sklearn", "torch.utils.tensorboard", "tqdm"):
+        sys.modules[name] = None  # `import name` now fails as if it were not installed
+    lib = bench_gpu.load_lib()
+    assert callable(lib.get_config) and callable(lib.train_classifier) and callable(lib.transformer_train_flops)
+    assert list(lib.tqdm(range(3), disable=True)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("name", "peak"), [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
+                                            ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-40GB", 312), ("NVIDIA L4", 121),
+                                            ("Tesla T4", 65), ("NVIDIA L40S", None), ("NVIDIA GeForce RTX 4090", None)])
+def test_bench_gpu_peak_table(bench_gpu, name, peak):
+    assert bench_gpu.peak_for_name(name)[0] == peak
+
+
+def test_bench_batching_quick():
+    results = load_bench("bench_batching").main(["--quick", "--threads", "1"])
+    assert set(results) == {"seed", "full@512"}
+    seed, full = results["seed"], results["full@512"]
+    assert len(seed) == len(full) == 4
+    assert seed[-1]["steps"] > full[-1]["steps"]  # larger batches: fewer steps for the same tokens
+    assert abs(seed[-1]["tokens"] - full[-1]["tokens"]) < 0.2 * seed[-1]["tokens"]
