@@ -751,7 +751,7 @@ class Decoder(nn.Module):
 # search) and they are numerically safer than probabilities. Training reads the raw scores
 # (`logits`) instead, because `nn.CrossEntropyLoss` applies its own log-softmax: feeding it
 # log-probabilities gives the same loss but pays for a second log-softmax over the whole
-# vocabulary, forward and backward, which was the largest single cost of a CPU training step.
+# vocabulary, forward and backward: about a quarter of a CPU training step, by the profiler.
 
 # %% tags=["lib"]
 class ProjectionLayer(nn.Module):
@@ -1881,9 +1881,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 # %% [markdown]
 # All run sizes of this section live in one table. Both models see the whole training split
-# in every profile. On `cpu` they differ in epochs and length: the pretrained model behind LoRA
-# is several times larger than the small BERT, so it gets two epochs at 128 tokens; on `full` (a
-# GPU) both get the same data, epochs and `max_len`, so the comparison is like for like. `full`
+# in every profile. On `cpu` they differ in epochs only: LoRA gets two where the small BERT gets
+# three, because the offline stand-in behind LoRA is several times larger than the small BERT and
+# each of its epochs costs far more; on `full` (a GPU) both get the same data, epochs and
+# `max_len`, so the comparison is like for like. `full`
 # keeps 256 tokens rather than BERT's 512: most narratives fit whole (the share cut at `max_len`
 # is printed below) at a quarter of 512's attention cost. The LoRA settings come from the sweep
 # in `bench/bench_lora_sweep.py`.
