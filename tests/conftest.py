@@ -1,6 +1,7 @@
 """Shared test fixtures: the notebook's `lib` cells loaded as a module, in-process."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import types
@@ -20,3 +21,12 @@ EMBEDDED_COMPLAINTS = REPO / "data" / "cfpb_complaints_narratives.csv.gz"
 @pytest.fixture(scope="session")
 def lib() -> types.ModuleType:
     return load_lib_cells(NOTEBOOK)
+
+
+def load_bench(name: str, module_name: str | None = None) -> types.ModuleType:
+    """A script of bench/ imported as a module (registered in sys.modules, where dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(module_name or name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,16 @@
 """bench/bench_vs_nn_transformer.py: the nn.Transformer reference behaves like ours, and --quick runs."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_bench
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO / "bench" / "bench_vs_nn_transformer.py"
-    spec = importlib.util.spec_from_file_location("bench_vs_nn_transformer", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_vs_nn_transformer")
 
 
 def test_reference_cached_greedy_decode_equals_uncached(lib, bench):

@@ -1,19 +1,11 @@
 """bench/bench_gpu.py (the GPU speed check) and bench/bench_batching.py, run at tiny sizes on CPU."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
-from conftest import REPO
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_bench
 
 
 @pytest.fixture
@@ -27,7 +19,7 @@ def restore_modules():
 
 @pytest.fixture(scope="module")
 def bench_gpu():
-    return load_bench("bench_gpu")
+    return load_bench("bench_gpu", "bench_gpu_under_test")
 
 
 def test_bench_gpu_cpu_smoke_runs_both_sections(bench_gpu, tmp_path):
@@ -62,7 +54,7 @@ def test_bench_gpu_peak_table(bench_gpu, name, peak):
 
 
 def test_bench_batching_quick():
-    results = load_bench("bench_batching").main(["--quick", "--threads", "1"])
+    results = load_bench("bench_batching", "bench_batching_under_test").main(["--quick", "--threads", "1"])
     assert set(results) == {"seed", "full@512"}
     seed, full = results["seed"], results["full@512"]
     assert len(seed) == len(full) == 4

@@ -1,24 +1,16 @@
 """bench/bench_lora_sweep.py: the cpu-profile split it rebuilds is the committed one, and --quick runs the sweep."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_bench
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO / "bench" / "bench_lora_sweep.py"
-    spec = importlib.util.spec_from_file_location("bench_lora_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_lora_sweep")
 
 
 def test_one_factor_at_a_time_design(bench):
