@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=float, default=1.0, help="target tokens seen, in epochs of the training split")
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[2048, 8192],
                         help="(b): padded tokens per batch, one run each (8192 ~ full's 19x a batch of 8 here)")
-    parser.add_argument("--peak-lr", type=float, default=None, help="(b): peak lr (default: full's)")
+    parser.add_argument("--peak-lr", type=float, nargs="+", default=None,
+                        help="(b): peak lr, one run per value and --max-tokens (default: full's)")
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loss_loader = lib.length_grouped_loader(val_ds, config["eval_batch_size"], shuffle=False)
     epoch_tokens = target_tokens(train_ds)
     budget = int(args.epochs * epoch_tokens)
-    peak_lr = args.peak_lr or full["lr"]
+    peak_lrs = args.peak_lr or [full["lr"]]
     batch8 = mean_batch8_tokens(train_ds)
 
     lib.set_seed(config["seed"])
@@ -190,10 +191,12 @@ def main(argv: list[str] | None = None) -> dict:
     for max_tokens in args.max_tokens:
         loader = lib.length_grouped_loader(train_ds, full["batch_size"], shuffle=True, seed=config["seed"],
                                            max_tokens=max_tokens)
-        runs.append((f"full@{max_tokens}", loader, peak_lr, "cosine"))
-        log(f"(b) full@{max_tokens}: length-grouped batches of <= {max_tokens} padded tokens "
-            f"({max_tokens / batch8:.0f}x a batch of 8), peak lr {peak_lr:g}, warm-up {warmup_share:.1%} of the "
-            f"steps, cosine to 0 ({len(loader):,} steps/epoch)")
+        for peak_lr in peak_lrs:
+            name = f"full@{max_tokens}" + (f",lr{peak_lr:g}" if len(peak_lrs) > 1 else "")
+            runs.append((name, loader, peak_lr, "cosine"))
+            log(f"(b) {name}: length-grouped batches of <= {max_tokens} padded tokens "
+                f"({max_tokens / batch8:.0f}x a batch of 8), peak lr {peak_lr:g}, warm-up {warmup_share:.1%} of "
+                f"the steps, cosine to 0 ({len(loader):,} steps/epoch)")
 
     warm = copy.deepcopy(model)  # one untimed step first: thread pools and allocators start up outside the timings
     lib.compute_loss(warm, next(iter(runs[-1][1])), loss_fn, "cpu")[0].backward()
@@ -221,13 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"{share:>8.0%} | " + " | ".join(
             f"{c['steps']:6,d} {c['seconds']:7.1f} {c['val_loss']:8.3f} {c['val_ce']:6.3f}" for c in cells))
     seed_end = results["seed"][-1]
+    seed_best = min(row["val_loss"] for row in results["seed"])
     for name in names[1:]:
         end = results[name][-1]
+        best = min(row["val_loss"] for row in results[name])
         verdict = "at least as well as" if end["val_loss"] <= seed_end["val_loss"] else "WORSE than"
         log(f"{name} learns {verdict} the seed at equal target tokens ({end['tokens']:,} vs {seed_end['tokens']:,}): "
             f"val loss {end['val_loss']:.3f} vs {seed_end['val_loss']:.3f} ({end['val_loss'] - seed_end['val_loss']:+.3f}), "
             f"{end['steps']:,} vs {seed_end['steps']:,} steps, {end['seconds']:.0f} vs {seed_end['seconds']:.0f} s "
-            "of training")
+            f"of training; best of the checkpoints {best:.3f} vs {seed_best:.3f} ({best - seed_best:+.3f})")
     return results
 
 

@@ -69,3 +69,15 @@ def test_quick_run(lib, bench, capsys):
     quality = results["quality"]
     assert quality["ours"]["steps"] > 0 and quality["nn.Transformer"]["steps"] > 0
     assert out.count("CLAIM") == 3
+
+
+def test_cpu_recipe_held_out_pairs_never_reach_training(lib, tmp_path):
+    recipe = load_bench("bench_cpu_recipe")
+    pairs = lib.load_bible_pairs("en", "it")
+    held_out = [(p["translation"]["en"], p["translation"]["it"]) for p in pairs[100:110]]
+    path = tmp_path / "rest.jsonl"
+    n_kept = recipe.pairs_without(lib, held_out, path)
+    rest = lib.load_local_pairs(path, "en", "it")  # read back the way the recipe's datasource is
+    assert n_kept == len(rest) == len(pairs) - 10
+    assert not set(held_out) & {(p["translation"]["en"], p["translation"]["it"]) for p in rest}
+    assert recipe.SUBSET["num_epochs"] == 12 and recipe.SUBSET["max_pairs"] == recipe.BEFORE["max_pairs"]

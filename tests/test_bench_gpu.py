@@ -60,3 +60,12 @@ def test_bench_batching_quick():
     assert len(seed) == len(full) == 4
     assert seed[-1]["steps"] > full[-1]["steps"]  # larger batches: fewer steps for the same tokens
     assert abs(seed[-1]["tokens"] - full[-1]["tokens"]) < 0.2 * seed[-1]["tokens"]
+
+
+def test_bench_batching_one_run_per_peak_lr():
+    results = load_bench("bench_batching", "bench_batching_under_test").main(
+        ["--quick", "--threads", "1", "--epochs", "0.2", "--peak-lr", "7e-4", "2e-3"])
+    assert set(results) == {"seed", "full@512,lr0.0007", "full@512,lr0.002"}
+    low, high = results["full@512,lr0.0007"], results["full@512,lr0.002"]
+    assert [row["steps"] for row in low] == [row["steps"] for row in high]  # same batches, only the lr differs
+    assert high[1]["lr"] > low[1]["lr"]
