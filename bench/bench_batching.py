@@ -7,7 +7,9 @@ the notebook's own `evaluate_loss` on the same validation split at 25/50/75/100%
   (a) seed:  random batches of 8 sentences, constant lr 1e-4, no warm-up (the seed's sampling; batches
              are trimmed to their longest item, which changes the speed but not the arithmetic);
   (b) full:  `full`'s recipe scaled down: length-grouped batches of up to --max-tokens padded tokens,
-             peak lr 7e-4, linear warm-up over the same fraction of all steps as `full`'s 400 of its
+             peak lr `full`'s 7e-4 scaled to the reduced width by the paper's own rule (the learning rate
+             goes as d_model^-0.5, so 1.4e-3 at d_model 128; --peak-lr overrides it), linear warm-up
+             over the same fraction of all steps as `full`'s 400 of its
              total (computed on the Bible at full's seq_len 350 and 20 epochs), then cosine decay to 0
              at the end of the token budget. One run per --max-tokens value: 2048 (about 5x the padded
              tokens of a batch of 8 here) and 8192 (about 20x; `full`'s 8,192 are 19x a batch of 8 at
@@ -17,6 +19,8 @@ Both train as the notebook's `train_model` does: label-smoothed (0.1) cross-entr
 gradient clipping at 1, dropout 0.1.
 
     python bench/bench_batching.py            # 16k Bible pairs, d_model 128, N 2, 1 epoch: about 6 minutes
+    python bench/bench_batching.py --max-pairs 4000 --epochs 20 --max-tokens 4096 --peak-lr 7e-4 1.4e-3
+                                              # full's 20 epochs on 3.5k pairs: about 17 minutes
     python bench/bench_batching.py --quick    # seconds: proves the script runs
 """
 from __future__ import annotations
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     val_loss_loader = lib.length_grouped_loader(val_ds, config["eval_batch_size"], shuffle=False)
     epoch_tokens = target_tokens(train_ds)
     budget = int(args.epochs * epoch_tokens)
-    peak_lrs = args.peak_lr or [full["lr"]]
+    full_d_model = lib.get_config(**full)["d_model"]
+    peak_lrs = args.peak_lr or [full["lr"] * math.sqrt(full_d_model / args.d_model)]  # lr ~ d_model^-0.5
     batch8 = mean_batch8_tokens(train_ds)
 
     lib.set_seed(config["seed"])
