@@ -6,21 +6,23 @@ the notebook's own `evaluate_loss` on the same validation split at 25/50/75/100%
 
   (a) seed:  random batches of 8 sentences, constant lr 1e-4, no warm-up (the seed's sampling; batches
              are trimmed to their longest item, which changes the speed but not the arithmetic);
-  (b) full:  `full`'s recipe scaled down: length-grouped batches of up to --max-tokens padded tokens,
-             peak lr `full`'s 7e-4 scaled to the reduced width by the paper's own rule (the learning rate
-             goes as d_model^-0.5, so 1.4e-3 at d_model 128; --peak-lr overrides it), linear warm-up
-             over the same fraction of all steps as `full`'s 400 of its
-             total (computed on the Bible at full's seq_len 350 and 20 epochs), then cosine decay to 0
-             at the end of the token budget. One run per --max-tokens value: 2048 (about 5x the padded
-             tokens of a batch of 8 here) and 8192 (about 20x; `full`'s 8,192 are 19x a batch of 8 at
-             its seq_len 350).
+  (b) full:  `full`'s recipe scaled down: length-grouped batches of up to --max-tokens padded tokens
+             (default `full`'s 2,048: about 5x the padded tokens of a random batch of 8, here as at full's
+             seq_len 350), peak lr `full`'s 7e-4 scaled to the reduced width by the paper's own rule (the
+             learning rate goes as d_model^-0.5, so 1.4e-3 at d_model 128; --peak-lr overrides it), linear
+             warm-up over the same share of all steps as `full`'s (computed on the Bible at its seq_len 350
+             and 20 epochs), then cosine decay to 0 at the end of the token budget; Adam's beta2 `full`'s
+             0.98, the paper's (--beta2 overrides it; the seed's is PyTorch's 0.999).
 
 Both train as the notebook's `train_model` does: label-smoothed (0.1) cross-entropy, Adam (eps 1e-9),
-gradient clipping at 1, dropout 0.1.
+gradient clipping at 1, dropout 0.1. The default budget is `full`'s horizon, 20 epochs, on a seeded
+subset of 4,000 Bible pairs (--seed picks another subset, split, initialisation and batch order).
 
-    python bench/bench_batching.py            # 16k Bible pairs, d_model 128, N 2, 1 epoch: about 6 minutes
-    python bench/bench_batching.py --max-pairs 4000 --epochs 20 --max-tokens 4096 --peak-lr 7e-4 1.4e-3
-                                              # full's 20 epochs on 3.5k pairs: about 17 minutes
+    python bench/bench_batching.py            # (a) and (b), 20 epochs of 3.5k pairs: about 12 minutes
+    python bench/bench_batching.py --max-tokens 2048 4096 --peak-lr 1.4e-3 2.1e-3 --beta2 0.98 0.999
+                                              # one (b) run per combination
+    python bench/bench_batching.py --epochs 1 --max-pairs 16000 --max-tokens 2048 8192
+                                              # the first, shorter comparison (results/batching.txt)
     python bench/bench_batching.py --quick    # seconds: proves the script runs
 """
 from __future__ import annotations
@@ -96,11 +98,11 @@ def validation_losses(lib, model, loader, loss_fn: SmoothedAndPlainCE) -> tuple[
     return smoothed, loss_fn.plain_sum / max(loss_fn.plain_count, 1)
 
 
-def train(lib, name, model, loader, loss_fn, val_loader, lr, warmup, decay, budget, total_steps, log):
+def train(lib, name, model, loader, loss_fn, val_loader, lr, warmup, decay, budget, total_steps, log, beta2=0.999):
     """Train until `budget` target tokens; val loss at each checkpoint. Returns one row per checkpoint."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-9)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-9, betas=(0.9, beta2))
     thresholds = [math.ceil(f * budget) for f in CHECKPOINTS]
-    rows, step, seen, train_seconds, loss_sum = [], 0, 0, 0.0, 0.0
+    rows, step, seen, train_seconds, loss_sum, window_seen = [], 0, 0, 0.0, 0.0, 0
     epoch = 0
     while seen < budget:
         if hasattr(loader.batch_sampler, "set_epoch"):
@@ -116,14 +118,17 @@ def train(lib, name, model, loader, loss_fn, val_loader, lr, warmup, decay, budg
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - started
-            step, seen, loss_sum = step + 1, seen + n, loss_sum + loss.item() * n
+            step, seen, loss_sum, window_seen = step + 1, seen + n, loss_sum + loss.item() * n, window_seen + n
             while thresholds and seen >= thresholds[0]:
                 thresholds.pop(0)
                 val, val_ce = validation_losses(lib, model, val_loader, loss_fn)
                 rows.append({"share": seen / budget, "steps": step, "tokens": seen, "seconds": train_seconds,
-                             "lr": optimizer.param_groups[0]["lr"], "val_loss": val, "val_ce": val_ce})
+                             "lr": optimizer.param_groups[0]["lr"], "val_loss": val, "val_ce": val_ce,
+                             "train_loss": loss_sum / max(window_seen, 1)})
+                loss_sum, window_seen = 0.0, 0
                 log(f"  {name:5s} {seen / budget:5.0%} of tokens: step {step:6,d}, {seen:9,d} target tokens, "
-                    f"lr {rows[-1]['lr']:.2e}, {train_seconds:6.1f} s | val loss {val:.3f} "
+                    f"lr {rows[-1]['lr']:.2e}, {train_seconds:6.1f} s | train loss {rows[-1]['train_loss']:.3f} (since the last "
+                    f"checkpoint), val loss {val:.3f} "
                     f"(plain CE {val_ce:.3f}, ppl {math.exp(val_ce):6.1f})")
             if seen >= budget:
                 break
@@ -134,18 +139,26 @@ def train(lib, name, model, loader, loss_fn, val_loader, lr, warmup, decay, budg
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK)
-    parser.add_argument("--max-pairs", type=int, default=16000)
+    parser.add_argument("--max-pairs", type=int, default=4000)
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--epochs", type=float, default=1.0, help="target tokens seen, in epochs of the training split")
-    parser.add_argument("--max-tokens", type=int, nargs="+", default=[2048, 8192],
-                        help="(b): padded tokens per batch, one run each (8192 ~ full's 19x a batch of 8 here)")
+    parser.add_argument("--epochs", type=float, default=20.0,
+                        help="target tokens seen, in epochs of the training split (default: full's 20)")
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=None,
+                        help="(b): padded tokens per batch, one run each (default: full's)")
     parser.add_argument("--peak-lr", type=float, nargs="+", default=None,
                         help="(b): peak lr, one run per value and --max-tokens (default: full's)")
+    parser.add_argument("--beta2", type=float, nargs="+", default=None,
+                        help="(b): Adam's beta2, one run per value (default: full's; the seed's is 0.999)")
+    parser.add_argument("--decay", choices=("cosine", "linear", "none"), default="cosine",
+                        help="(b): the decay after warm-up")
+    parser.add_argument("--skip-seed", action="store_true", help="exploration only: no (a) run, no verdict")
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d-ff", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42,
+                        help="the data subset, split, initial weights and batch order (default: the notebook's)")
     parser.add_argument("--quick", action="store_true", help="seconds-long run: 1,200 pairs, a tiny model")
     args = parser.parse_args(argv)
     if args.quick:
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         pairs = pairs[:2000]  # the warm-up share is computed on a slice too: seconds, not the whole Bible
     warmup_share, full_steps_per_epoch, full_batch8 = full_warmup_fraction(lib, pairs)
-    config = lib.get_config(datasource="bible", max_pairs=args.max_pairs, seq_len=args.seq_len,
+    config = lib.get_config(datasource="bible", max_pairs=args.max_pairs, seq_len=args.seq_len, seed=args.seed,
                             d_model=args.d_model, N=args.layers, h=args.heads, d_ff=args.d_ff, show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         config["tokenizer_file"] = f"{tmp}/tokenizer_{{0}}.json"
@@ -169,8 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     val_loss_loader = lib.length_grouped_loader(val_ds, config["eval_batch_size"], shuffle=False)
     epoch_tokens = target_tokens(train_ds)
     budget = int(args.epochs * epoch_tokens)
-    full_d_model = lib.get_config(**full)["d_model"]
-    peak_lrs = args.peak_lr or [full["lr"] * math.sqrt(full_d_model / args.d_model)]  # lr ~ d_model^-0.5
+    full_config = lib.get_config(**full)
+    peak_lrs = args.peak_lr or [full["lr"] * math.sqrt(full_config["d_model"] / args.d_model)]  # lr ~ d_model^-0.5
+    args.max_tokens = args.max_tokens or [full_config["max_tokens"]]
+    args.beta2 = args.beta2 or [full_config["adam_betas"][1]]
     batch8 = mean_batch8_tokens(train_ds)
 
     lib.set_seed(config["seed"])
@@ -178,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     init = copy.deepcopy(model.state_dict())
     loss_fn = SmoothedAndPlainCE(ignore_index=tok_src.token_to_id("[PAD]"), label_smoothing=config["label_smoothing"])
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Bible KJV->Diodati, {len(train_ds):,} training "
-        f"/ {len(val_ds):,} validation pairs (max_pairs {args.max_pairs}, seq_len {args.seq_len}); vocab "
+        f"/ {len(val_ds):,} validation pairs (max_pairs {args.max_pairs}, seq_len {args.seq_len}, seed {args.seed}); vocab "
         f"{tok_src.get_vocab_size():,} en / {tok_tgt.get_vocab_size():,} it")
     log(f"model d_model {args.d_model}, N {args.layers}, h {args.heads}, d_ff {args.d_ff}, dropout 0.1, label "
         f"smoothing 0.1: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, the same initial "
@@ -191,32 +206,39 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.epochs:g} epoch(s) of {epoch_tokens:,}")
 
     runs = [("seed", DataLoader(train_ds, batch_size=8, shuffle=True, collate_fn=lib.trim_to_longest,
-                                generator=torch.Generator().manual_seed(config["seed"])), 1e-4, "none")]
-    log(f"(a) seed: random batches of 8 sentences, lr 1e-4 constant, no warm-up ({len(runs[0][1]):,} steps/epoch)")
+                                generator=torch.Generator().manual_seed(config["seed"])), 1e-4, "none", 0.999)]
+    if args.skip_seed:
+        runs.clear()
+        log("(a) seed: skipped (--skip-seed)")
+    else:
+        log(f"(a) seed: random batches of 8 sentences, lr 1e-4 constant, no warm-up ({len(runs[0][1]):,} steps/epoch)")
     for max_tokens in args.max_tokens:
         loader = lib.length_grouped_loader(train_ds, full["batch_size"], shuffle=True, seed=config["seed"],
                                            max_tokens=max_tokens)
         for peak_lr in peak_lrs:
-            name = f"full@{max_tokens}" + (f",lr{peak_lr:g}" if len(peak_lrs) > 1 else "")
-            runs.append((name, loader, peak_lr, "cosine"))
-            log(f"(b) {name}: length-grouped batches of <= {max_tokens} padded tokens "
-                f"({max_tokens / batch8:.0f}x a batch of 8), peak lr {peak_lr:g}, warm-up {warmup_share:.1%} of "
-                f"the steps, cosine to 0 ({len(loader):,} steps/epoch)")
+            for beta2 in args.beta2:
+                name = (f"full@{max_tokens}" + (f",lr{peak_lr:g}" if len(peak_lrs) > 1 else "")
+                        + (f",b2={beta2:g}" if len(args.beta2) > 1 else ""))
+                runs.append((name, loader, peak_lr, args.decay, beta2))
+                log(f"(b) {name}: length-grouped batches of <= {max_tokens} padded tokens ({max_tokens / batch8:.0f}x "
+                    f"a batch of 8), peak lr {peak_lr:g}, warm-up {warmup_share:.1%} of the steps, "
+                    + ("then constant" if args.decay == "none" else f"{args.decay} to 0")
+                    + f", Adam beta2 {beta2:g} ({len(loader):,} steps/epoch)")
 
     warm = copy.deepcopy(model)  # one untimed step first: thread pools and allocators start up outside the timings
     lib.compute_loss(warm, next(iter(runs[-1][1])), loss_fn, "cpu")[0].backward()
     del warm
 
     results = {}
-    for name, loader, lr, decay in runs:
+    for name, loader, lr, decay, beta2 in runs:
         total_steps = math.ceil(args.epochs * len(loader))  # the schedule ends where the token budget does
-        warmup = 0 if decay == "none" else max(1, round(warmup_share * total_steps))
+        warmup = 0 if name == "seed" else max(1, round(warmup_share * total_steps))
         model.load_state_dict(init)
         torch.manual_seed(config["seed"])  # the same dropout stream
         started = time.perf_counter()
         log(f"{name}: {total_steps:,} steps planned" + (f", warm-up {warmup}" if warmup else ""))
         results[name] = train(lib, name, model, loader, loss_fn, val_loss_loader, lr, warmup, decay, budget,
-                              total_steps, log)
+                              total_steps, log, beta2)
         log(f"  {name}: {time.perf_counter() - started:.0f} s wall including evaluations")
 
     log("")
@@ -228,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         cells = [results[n][i] for n in names]
         log(f"{share:>8.0%} | " + " | ".join(
             f"{c['steps']:6,d} {c['seconds']:7.1f} {c['val_loss']:8.3f} {c['val_ce']:6.3f}" for c in cells))
+    if "seed" not in results:
+        return results
     seed_end = results["seed"][-1]
     seed_best = min(row["val_loss"] for row in results["seed"])
     for name in names[1:]:

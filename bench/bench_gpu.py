@@ -1,8 +1,8 @@
 """Speed of the `full` profile on one CUDA GPU, and how long the notebook's Run All would take there.
 
 Runs the notebook's own training steps (its `lib` cells) for a fixed time each, after a warm-up:
-  Section 1: the paper's Transformer (d_model 512, N 6, h 8, d_ff 2048), `full`'s batches of up to
-             8,192 padded tokens, under `choose_precision` (bf16 autocast on A100/L4/H100, fp16 + loss
+  Section 1: the paper's Transformer (d_model 512, N 6, h 8, d_ff 2048), `full`'s batches (up to its
+             `max_tokens` padded tokens) and optimizer, under `choose_precision` (bf16 autocast on A100/L4/H100, fp16 + loss
              scaling on T4), on the KJV->Diodati Bible pairs (the notebook's offline stand-in for opus_books);
   Section 2: `train_classifier` on the complaints with CLASSIFICATION_PROFILES['full']: the small BERT
              from scratch, and LoRA (LORA_HPARAMS) on a bert-tiny-shaped and on an all-MiniLM-L6-v2-shaped
@@ -22,7 +22,8 @@ training complaints with `tokenizers` (in-domain, so slightly shorter sequences)
     python bench/bench_gpu.py --make-data    # once, here: writes bench/data/ (a few MB)
     python bench/bench_gpu.py                # on the GPU machine: about 4 minutes
     python bench/bench_gpu.py --cpu-smoke    # tiny sizes on CPU: proves the script runs end to end
-    python bench/bench_gpu.py --estimate     # no GPU: FLOP counts and times at an assumed MFU
+    python bench/bench_gpu.py --estimate     # no GPU: FLOP counts and times at an assumed MFU, and the steps
+                                             # and launched ops per step that bound a small model instead
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import argparse
 import inspect
 import json
 import math
+import random
 import re
 import shutil
 import sys
@@ -62,6 +64,11 @@ PEAK_TFLOPS = [
 ]
 ESTIMATE_GPUS = [("H100 SXM (bf16)", 989.0), ("T4 (fp16)", 65.0)]
 ESTIMATE_MFUS = (0.25, 0.40)
+ESTIMATE_US_PER_OP = (10, 20)  # host time per launched op of eager PyTorch (Python, dispatcher, launch): ASSUMED
+METADATA_OPS = {  # ATen ops that change a tensor's view or bookkeeping and launch no GPU kernel
+    "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose", "permute", "expand", "unsqueeze",
+    "squeeze", "slice", "select", "as_strided", "detach", "alias", "split", "split_with_sizes", "unbind", "narrow",
+    "empty", "empty_like", "empty_strided", "new_empty", "scalar_tensor", "lift_fresh"}
 MODEL_SHAPES = {  # BertForSequenceClassification shapes of Section 2 (vocabulary: bert-base-uncased's)
     "bert-tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
     "all-MiniLM-L6-v2": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
@@ -299,7 +306,8 @@ def section1(lib, args, device, precision, peak) -> dict:
         train_loader, val_loader, tok_src, tok_tgt = lib.get_ds(config, allow_downloads=False)
     train_ds, val_ds = train_loader.dataset, val_loader.dataset
     model = lib.get_model(config, tok_src.get_vocab_size(), tok_tgt.get_vocab_size()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], eps=1e-9, fused=device.type == "cuda" or None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"], eps=1e-9,
+                                 fused=device.type == "cuda" or None)
     scaler = precision.grad_scaler()
     pad = tok_src.token_to_id("[PAD]")
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=pad, label_smoothing=config["label_smoothing"]).to(device)
@@ -556,6 +564,31 @@ def section2(lib, args, device, precision, peak) -> dict:
 
 # --- --estimate: FLOP counts, no GPU ---------------------------------------------------------------------
 
+def launched_ops(lib, model, batch: dict, pad: int) -> int:
+    """ATen ops that launch work, counted at the dispatcher over one training step's forward and backward
+    under bf16 autocast (its casts are ops too). Counted on the CPU, whose attention is the unfused math
+    path (several ops where CUDA runs one fused kernel), so this overstates a GPU step's launches a little."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__.rstrip("_") not in METADATA_OPS:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=pad, label_smoothing=0.1)
+    model.train()
+    counter = Counter()
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = lib.compute_loss(model, batch, loss_fn, "cpu")
+    with counter:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.count
+
+
 def estimate(lib, args) -> None:
     log("=== --estimate: the `full` profile's training FLOPs (6·N·D) and times at an assumed MFU ===")
     log("assumption: MFU = achieved 6·N·D FLOP/s over the dense tensor-core peak; "
@@ -589,6 +622,21 @@ def estimate(lib, args) -> None:
         f"{train_flops:.2e} FLOPs of training; validation loss every epoch + greedy decoding {n_scoring} times "
         f"(at reference length): {val_flops:.2e}")
     rows = [("Section 1 (train + validation)", train_flops + val_flops)]
+
+    # A model this small does not keep a GPU busy per step: each step's kernels are launched one by one from
+    # Python, so the number of steps and the ops per step set a floor that FLOPs do not see.
+    pad = tok_src.token_to_id("[PAD]")
+    train_pairs = random.Random(SEED).sample(kept, len(kept) - n_val)  # a split like the notebook's seeded one
+    train_ds = lib.BilingualDataset(train_pairs, tok_src, tok_tgt, "en", "it", full["seq_len"])
+    sampler = lib.LengthGroupedBatchSampler(train_ds.lengths, full["batch_size"], max_tokens=full["max_tokens"])
+    batches = sorted(sampler, key=lambda b: max(train_ds.lengths[i] for i in b))
+    median = batches[len(batches) // 2]
+    ops = launched_ops(lib, model, lib.trim_to_longest([train_ds[i] for i in median]), pad)
+    steps = epochs * len(batches) * scale
+    log(f"  steps: {len(batches)} batches of <= {full['max_tokens']} padded tokens per epoch of these pairs, "
+        f"x {scale:.3f} x {epochs} epochs = {steps:,.0f} optimizer steps; one step of the median batch "
+        f"({len(median)} sentences) launches {ops:,} ATen ops (forward + backward under bf16 autocast, counted on "
+        "the CPU; clipping and the fused Adam add a few multi-tensor kernels)")
 
     p2 = lib.CLASSIFICATION_PROFILES["full"]
     train_df, test_df, n_classes = complaint_splits(lib, complaints_path(args.complaints), p2["sample_size"])
@@ -626,6 +674,12 @@ def estimate(lib, args) -> None:
     for what, flops in rows:
         cells = "".join(f"{fmt_time(flops / (m * p * 1e12)):>22}" for _, p in ESTIMATE_GPUS for m in ESTIMATE_MFUS)
         log(f"{what:50}{flops:10.2e}{cells}")
+    log(f"\nlaunch-bound floor of Section 1's training: {steps:,.0f} steps x {ops:,} ops x "
+        + " to ".join(f"{us} us" for us in ESTIMATE_US_PER_OP)
+        + " of host time per op (ASSUMED: typical of eager PyTorch on a current host CPU) = "
+        + " to ".join(fmt_time(steps * ops * us * 1e-6) for us in ESTIMATE_US_PER_OP)
+        + f" ({' to '.join(f'{ops * us * 1e-3:.0f}' for us in ESTIMATE_US_PER_OP)} ms per step), on any GPU that "
+        "computes a step faster than that")
     log(f"These are floors. Section 2's models are small ({min(sizes) / 1e6:.1f}M to {max(sizes) / 1e6:.1f}M weights "
         "in matrices, batches of 32) and Section 1's steps are short too: on a GPU, kernel launches, Python and the "
         "single-process DataLoader bound them, not FLOPs; bench_gpu.py on the GPU measures the real rate.")

@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 from conftest import load_bench
 
 
@@ -69,3 +70,28 @@ def test_bench_batching_one_run_per_peak_lr():
     low, high = results["full@512,lr0.0007"], results["full@512,lr0.002"]
     assert [row["steps"] for row in low] == [row["steps"] for row in high]  # same batches, only the lr differs
     assert high[1]["lr"] > low[1]["lr"]
+
+
+def test_bench_batching_one_run_per_beta2_and_training_loss_logged():
+    results = load_bench("bench_batching", "bench_batching_under_test").main(
+        ["--quick", "--threads", "1", "--epochs", "0.2", "--beta2", "0.98", "0.999", "--skip-seed"])
+    assert set(results) == {"full@512,b2=0.98", "full@512,b2=0.999"}
+    a, b = results["full@512,b2=0.98"], results["full@512,b2=0.999"]
+    assert [row["steps"] for row in a] == [row["steps"] for row in b]
+    assert a[-1]["val_loss"] != b[-1]["val_loss"]  # the optimizer differs, nothing else
+    assert all(row["train_loss"] > 0 for row in a + b)
+
+
+def test_bench_gpu_launched_ops_grow_with_depth(bench_gpu):
+    lib = bench_gpu.load_lib()
+    counts = []
+    for layers in (1, 2):
+        config = lib.get_config(d_model=16, N=layers, h=2, d_ff=32, seq_len=12)
+        lib.set_seed(0)
+        model = lib.get_model(config, 50, 60)
+        batch = {"encoder_input": torch.randint(4, 50, (3, 7)), "decoder_input": torch.randint(4, 60, (3, 6)),
+                 "encoder_mask": torch.ones(3, 1, 1, 7, dtype=torch.int),
+                 "decoder_mask": lib.casual_mask(6).int().expand(3, 1, 6, 6), "label": torch.randint(4, 60, (3, 6))}
+        counts.append(bench_gpu.launched_ops(lib, model, batch, pad=1))
+        assert all(p.grad is None for p in model.parameters())  # the counting step leaves no gradients behind
+    assert 100 < counts[0] < counts[1] < 2 * counts[0]  # a layer adds its ops; embeddings and the loss do not double

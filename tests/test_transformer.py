@@ -171,7 +171,7 @@ def write_tsv(path, pairs):
 
 
 def test_tokenizer_round_trip_and_corrupt_file(lib, tmp_path):
-    config = {"tokenizer_file": str(tmp_path / "tok_{0}.json")}
+    config = lib.get_config(tokenizer_file=str(tmp_path / "tok_{0}.json"))
     pairs = synthetic_pairs()
     tokenizer = lib.build_tokenizer(config, pairs, "en")
     assert [tokenizer.token_to_id(t) for t in lib.SPECIAL_TOKENS] == [0, 1, 2, 3]
@@ -187,7 +187,7 @@ def test_tokenizer_round_trip_and_corrupt_file(lib, tmp_path):
 
 @pytest.fixture()
 def tokenizers(lib, tmp_path):
-    config = {"tokenizer_file": str(tmp_path / "tok_{0}.json")}
+    config = lib.get_config(tokenizer_file=str(tmp_path / "tok_{0}.json"))
     pairs = synthetic_pairs()
     return lib.build_tokenizer(config, pairs, "en"), lib.build_tokenizer(config, pairs, "it"), pairs
 
@@ -474,6 +474,15 @@ def test_get_config_defaults_and_overrides(lib):
     with pytest.raises(KeyError):
         lib.get_config(batch_sise=3)
     assert lib.get_weights_file_path(config, "07").endswith("weights/tmodel_07.pt")
+
+
+def test_adam_betas_come_from_the_config(lib, tmp_path):
+    assert lib.get_config()["adam_betas"] == (0.9, 0.999)  # the seed's optimizer: PyTorch's default
+    assert lib.get_config(**lib.TRANSLATION_PROFILES["full"])["adam_betas"] == (0.9, 0.98)  # the paper's
+    data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(60))
+    lib.train_model(tiny_config(lib, tmp_path, data, num_epochs=1, adam_betas=(0.8, 0.95)))
+    checkpoint = torch.load(tmp_path / "weights" / "tmodel_00.pt", weights_only=False)
+    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["betas"] == (0.8, 0.95)
 
 
 def test_checkpoint_resume_is_exact(lib, tmp_path):
