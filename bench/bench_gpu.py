@@ -1,9 +1,10 @@
 """Speed of the `full` profile on one CUDA GPU, and how long the notebook's Run All would take there.
 
 Runs the notebook's own training steps (its `lib` cells) for a fixed time each, after a warm-up:
-  Section 1: the paper's Transformer (d_model 512, N 6, h 8, d_ff 2048), `full`'s batches (up to its
-             `max_tokens` padded tokens) and optimizer, under `choose_precision` (bf16 autocast on A100/L4/H100, fp16 + loss
-             scaling on T4), on the KJV->Diodati Bible pairs (the notebook's offline stand-in for opus_books);
+  Section 1: the paper's Transformer (d_model 512, N 6, h 8, d_ff 2048), `full`'s batches (up to
+             its `max_tokens` padded tokens) and optimizer, under `choose_precision` (bf16 autocast on
+             A100/L4/H100, fp16 + loss scaling on T4), on the KJV->Diodati Bible pairs (the notebook's
+             offline stand-in for opus_books);
   Section 2: `train_classifier` on the complaints with CLASSIFICATION_PROFILES['full']: the small BERT
              from scratch, and LoRA (LORA_HPARAMS) on a bert-tiny-shaped and on an all-MiniLM-L6-v2-shaped
              BertForSequenceClassification with random weights (the GPU machine has neither checkpoint;
@@ -567,7 +568,7 @@ def section2(lib, args, device, precision, peak) -> dict:
 def launched_ops(lib, model, batch: dict, pad: int) -> int:
     """ATen ops that launch work, counted at the dispatcher over one training step's forward and backward
     under bf16 autocast (its casts are ops too). Counted on the CPU, whose attention is the unfused math
-    path (several ops where CUDA runs one fused kernel), so this overstates a GPU step's launches a little."""
+    path (several ops where CUDA runs one fused kernel), so this overstates a GPU step's launches."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Counter(TorchDispatchMode):

@@ -74,12 +74,14 @@ def test_bench_batching_one_run_per_peak_lr():
 
 def test_bench_batching_one_run_per_beta2_and_training_loss_logged():
     results = load_bench("bench_batching", "bench_batching_under_test").main(
-        ["--quick", "--threads", "1", "--epochs", "0.2", "--beta2", "0.98", "0.999", "--skip-seed"])
+        ["--quick", "--threads", "1", "--epochs", "0.2", "--beta2", "0.98", "0.999", "--skip-seed",
+         "--peak-lr", "1e-3", "--decay", "none"])
     assert set(results) == {"full@512,b2=0.98", "full@512,b2=0.999"}
     a, b = results["full@512,b2=0.98"], results["full@512,b2=0.999"]
     assert [row["steps"] for row in a] == [row["steps"] for row in b]
     assert a[-1]["val_loss"] != b[-1]["val_loss"]  # the optimizer differs, nothing else
     assert all(row["train_loss"] > 0 for row in a + b)
+    assert a[-1]["lr"] == pytest.approx(1e-3)  # --decay none: the peak holds after the warm-up
 
 
 def test_bench_gpu_launched_ops_grow_with_depth(bench_gpu):
