@@ -32,7 +32,6 @@ import argparse
 import inspect
 import json
 import math
-import random
 import re
 import shutil
 import sys
@@ -595,29 +594,26 @@ def estimate(lib, args) -> None:
     log("assumption: MFU = achieved 6·N·D FLOP/s over the dense tensor-core peak; "
         f"{' and '.join(f'{m:.0%}' for m in ESTIMATE_MFUS)} are typical of well-fed mid-size models. Peaks: "
         + ", ".join(f"{g} {p:g} TFLOP/s" for g, p in ESTIMATE_GPUS))
-    full = lib.get_config(**lib.TRANSLATION_PROFILES["full"], datasource=translation_pairs_source(lib))
-    pairs = lib.load_local_pairs(Path(full["datasource"]), "en", "it")
-    pairs, _ = lib.drop_empty_pairs(pairs, "en", "it")
-    with tempfile.TemporaryDirectory() as tmp:
+    full = lib.get_config(**lib.TRANSLATION_PROFILES["full"], datasource=translation_pairs_source(lib),
+                          show_progress=False)
+    with tempfile.TemporaryDirectory() as tmp:  # the notebook's own filtering, split and batches
         full["tokenizer_file"] = f"{tmp}/tokenizer_{{0}}.json"
-        tok_src, tok_tgt = lib.build_tokenizer(full, pairs, "en"), lib.build_tokenizer(full, pairs, "it")
-    kept, *_ = lib.drop_long_pairs(pairs, tok_src, tok_tgt, "en", "it", full["seq_len"])
-    src = [len(e.ids) + 2 for e in tok_src.encode_batch([p["translation"]["en"] for p in kept])]
-    tgt = [len(e.ids) + 1 for e in tok_tgt.encode_batch([p["translation"]["it"] for p in kept])]
-    scale = OPUS_BOOKS_EN_IT_PAIRS / len(kept)
-    n_val = int(len(kept) * full["val_fraction"])
-    train_share = (len(kept) - n_val) / len(kept)
+        train_loader, val_loader, tok_src, tok_tgt = lib.get_ds(full, allow_downloads=False)
+    train_ds, val_ds = train_loader.dataset, val_loader.dataset
+    n_pairs = len(train_ds) + len(val_ds)
+    scale = OPUS_BOOKS_EN_IT_PAIRS / n_pairs
     model = lib.get_model(full, tok_src.get_vocab_size(), tok_tgt.get_vocab_size())
-    epoch_src, epoch_tgt = sum(src) * train_share * scale, sum(tgt) * train_share * scale
-    val_src, val_tgt = sum(src) * (1 - train_share) * scale, sum(tgt) * (1 - train_share) * scale
+    train_src, train_tgt = sum(len(s) + 2 for s in train_ds.src_ids), sum(len(t) + 1 for t in train_ds.tgt_ids)
+    val_src, val_tgt = sum(len(s) + 2 for s in val_ds.src_ids), sum(len(t) + 1 for t in val_ds.tgt_ids)
+    epoch_src, epoch_tgt = train_src * scale, train_tgt * scale  # opus_books-sized
     epochs = full["num_epochs"]
     n_scoring = sum(1 for e in range(1, epochs + 1) if e == epochs or e % full["bleu_every"] == 0)
     train_flops = epochs * lib.transformer_train_flops(model, epoch_src, epoch_tgt)
-    val_flops = (epochs + n_scoring) * lib.transformer_train_flops(model, val_src, val_tgt) / 3  # forward = 2·N·D
+    val_flops = (epochs + n_scoring) * lib.transformer_train_flops(model, val_src * scale, val_tgt * scale) / 3  # 2·N·D
     log(f"\nSection 1: the paper's model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters with the "
         f"Bible's vocabularies ({tok_src.get_vocab_size():,} en / {tok_tgt.get_vocab_size():,} it); tokens from the "
-        f"KJV->Diodati pairs ({len(kept):,} kept at seq_len {full['seq_len']}: mean {sum(src) / len(src):.1f} source / "
-        f"{sum(tgt) / len(tgt):.1f} target tokens) scaled by {scale:.3f} to opus_books en-it's "
+        f"KJV->Diodati pairs ({n_pairs:,} kept at seq_len {full['seq_len']}: mean {(train_src + val_src) / n_pairs:.1f} "
+        f"source / {(train_tgt + val_tgt) / n_pairs:.1f} target tokens) scaled by {scale:.3f} to opus_books en-it's "
         f"{OPUS_BOOKS_EN_IT_PAIRS:,} pairs (opus_books' own lengths and vocabulary are not available offline)")
     log(f"  per epoch {epoch_src / 1e6:.2f}M source + {epoch_tgt / 1e6:.2f}M target tokens; {epochs} epochs: "
         f"{train_flops:.2e} FLOPs of training; validation loss every epoch + greedy decoding {n_scoring} times "
@@ -626,13 +622,9 @@ def estimate(lib, args) -> None:
 
     # A model this small does not keep a GPU busy per step: each step's kernels are launched one by one from
     # Python, so the number of steps and the ops per step set a floor that FLOPs do not see.
-    pad = tok_src.token_to_id("[PAD]")
-    train_pairs = random.Random(SEED).sample(kept, len(kept) - n_val)  # a split like the notebook's seeded one
-    train_ds = lib.BilingualDataset(train_pairs, tok_src, tok_tgt, "en", "it", full["seq_len"])
-    sampler = lib.LengthGroupedBatchSampler(train_ds.lengths, full["batch_size"], max_tokens=full["max_tokens"])
-    batches = sorted(sampler, key=lambda b: max(train_ds.lengths[i] for i in b))
+    batches = sorted(train_loader.batch_sampler, key=lambda b: max(train_ds.lengths[i] for i in b))
     median = batches[len(batches) // 2]
-    ops = launched_ops(lib, model, lib.trim_to_longest([train_ds[i] for i in median]), pad)
+    ops = launched_ops(lib, model, lib.trim_to_longest([train_ds[i] for i in median]), tok_src.token_to_id("[PAD]"))
     steps = epochs * len(batches) * scale
     log(f"  steps: {len(batches)} batches of <= {full['max_tokens']} padded tokens per epoch of these pairs, "
         f"x {scale:.3f} x {epochs} epochs = {steps:,.0f} optimizer steps; one step of the median batch "
