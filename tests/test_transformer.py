@@ -148,7 +148,24 @@ def test_casual_mask(lib):
     mask = lib.casual_mask(4)
     assert mask.shape == (1, 4, 4)
     assert torch.equal(mask[0].int(), torch.tril(torch.ones(4, 4)).int())
-    assert lib.causal_mask is lib.casual_mask
+    assert torch.equal(mask, torch.triu(torch.ones(1, 4, 4), diagonal=1) == 0)  # the seed's textbook form
+
+
+def test_batch_masks_equal_the_per_item_masks(lib, tokenizers):
+    tok_src, tok_tgt, pairs = tokenizers
+    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
+    indices = [0, 5, 9]
+    batch = ds.__getitems__(indices)
+    encoder_mask, decoder_mask = lib.batch_masks(batch["encoder_input"], batch["decoder_input"], 1)
+    src_len, tgt_len = batch["encoder_input"].shape[1], batch["decoder_input"].shape[1]
+    for row, i in enumerate(indices):
+        item = ds[i]
+        assert torch.equal(batch["encoder_input"][row], item["encoder_input"][:src_len])
+        assert torch.equal(batch["label"][row], item["label"][:tgt_len])
+        assert torch.equal(encoder_mask[row, 0].int(), item["encoder_mask"][0, :, :src_len])
+        assert torch.equal(decoder_mask[row, 0].int(), item["decoder_mask"][0, :tgt_len, :tgt_len].int())
+    assert batch["tgt_tokens"] == int((batch["label"] != 1).sum())
+    assert batch["src_tokens"] == int((batch["encoder_input"] != 1).sum())
 
 
 # ---------------------------------------------------------------- Parts 10-11: tokenizer and data
@@ -219,11 +236,11 @@ def test_bilingual_dataset_layout_and_masks(lib, tokenizers):
 def test_length_grouped_batches_trim_without_losing_tokens(lib, tokenizers):
     tok_src, tok_tgt, pairs = tokenizers
     ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
-    loader = lib.length_grouped_loader(ds, batch_size=16, shuffle=True, seed=3)
+    loader = lib.pair_loader(ds, batch_size=16, shuffle=True, seed=3)
     seen = []
     for batch in loader:
         assert batch["encoder_input"].shape[1] <= 10 and batch["label"].shape[1] <= 9  # far below seq_len 40
-        assert (batch["encoder_mask"].sum(-1).squeeze() == (batch["encoder_input"] != 1).sum(1)).all()
+        assert set(batch) >= {"encoder_input", "decoder_input", "label"} and "encoder_mask" not in batch
         assert (batch["encoder_input"][:, -1] != 1).any()  # trimmed to the longest item, no all-pad column
         seen += batch["src_text"]
     assert sorted(seen) == sorted(p["translation"]["en"] for p in pairs)
@@ -241,12 +258,17 @@ def test_get_ds_filters_and_counts_long_and_empty_pairs(lib, tmp_path, capsys):
     pairs[3]["translation"]["en"] = "   "
     pairs[7]["translation"]["it"] = ""
     pairs[10]["translation"]["en"] = " ".join(["w1"] * 50)  # longer than seq_len
+    pairs[20]["translation"] = dict(pairs[21]["translation"])  # an exact duplicate pair
+    pairs[30]["translation"]["en"] = pairs[31]["translation"]["en"]  # one English sentence, two translations
     data = write_tsv(tmp_path / "pairs.tsv", pairs)
     config = lib.get_config(datasource=str(data), seq_len=20, batch_size=8, tokenizer_file=str(tmp_path / "t_{0}.json"))
     train, val, _, _ = lib.get_ds(config, allow_downloads=False)
     out = capsys.readouterr().out
-    assert "100 pairs loaded, 97 used: 2 dropped as empty, 1 dropped as longer than seq_len=20" in out
-    assert len(train.dataset) + len(val.dataset) == 97 and len(val.dataset) == 9
+    assert ("100 pairs loaded, 96 used: 2 dropped as empty, 1 as exact duplicates of another pair, "
+            "1 as longer than seq_len=20") in out
+    assert len(train.dataset) + len(val.dataset) == 96
+    assert not set(train.dataset.src_texts) & set(val.dataset.src_texts)  # no validation source seen in training
+    assert "validation sources also in training: 0" in out
     assert all(len(b["src_text"]) <= 8 for b in train)  # every batch builds, no ValueError mid-epoch
 
 
@@ -255,7 +277,6 @@ def test_bible_stand_in(lib):
     assert len(pairs) == 31102
     john = next(p for p in pairs if p["id"] == "43.3.16")["translation"]
     assert john["en"].startswith("For God so loved the world") and "Iddio" in john["it"]
-    assert set(lib.load_bible_pairs("fr", "en")[0]["translation"]) == {"fr", "en"}
     with pytest.raises(ValueError, match="No Bible"):
         lib.load_bible_pairs("en", "xx")
 
@@ -344,17 +365,17 @@ def test_beam_size_one_equals_greedy_and_beam_is_no_worse(lib, copy_model):
     for i in range(len(seqs)):
         one_src, one_mask = src[i : i + 1], src_mask[i : i + 1]
         greedy = lib.greedy_decode(copy_model, one_src, one_mask, tok, tok, 12, "cpu")
-        beam1 = lib.beam_search_decode(copy_model, one_src, one_mask, tok, 12, "cpu", beam_size=1)
-        assert beam1.tolist() == greedy.tolist()
-        beam4 = lib.beam_search_decode(copy_model, one_src, one_mask, tok, 12, "cpu", beam_size=4)
-        assert beam4[0].item() == SOS and beam4[-1].item() == EOS
+        beam1 = lib.beam_search_decode_batch(copy_model, one_src, one_mask, SOS, EOS, PAD, 12, beam_size=1)[0]
+        assert beam1[: len(greedy)].tolist() == greedy.tolist()
+        beam4 = lib.beam_search_decode_batch(copy_model, one_src, one_mask, SOS, EOS, PAD, 12, beam_size=4)[0]
+        assert beam4[0].item() == SOS and EOS in beam4.tolist()
 
 
 def test_beam_search_returns_finished_hypothesis_on_untrained_model(lib):
     model = toy_model(lib, vocab=COPY_VOCAB)
     src = torch.tensor([[SOS, 5, 6, 7, EOS]])
-    out = lib.beam_search_decode(model, src, torch.ones(1, 1, 1, 5, dtype=torch.int), _CopyTokenizer(), 9, "cpu",
-                                 beam_size=3)
+    out = lib.beam_search_decode_batch(model, src, torch.ones(1, 1, 1, 5, dtype=torch.int), SOS, EOS, PAD, 9,
+                                       beam_size=3)[0]
     assert out[0].item() == SOS and 2 <= len(out) <= 9
 
 
@@ -365,8 +386,9 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(lib, copy_model):
     batched = lib.beam_search_decode_batch(copy_model, src, src_mask, SOS, EOS, PAD, 12, beam_size=3)
     for i, seq in enumerate(seqs):
         n = len(seq) + 2
-        single = lib.beam_search_decode(copy_model, src[i : i + 1, :n], src_mask[i : i + 1, ..., :n], _CopyTokenizer(),
-                                        12, "cpu", beam_size=3)
+        single = lib.beam_search_decode_batch(copy_model, src[i : i + 1, :n], src_mask[i : i + 1, ..., :n],
+                                              SOS, EOS, PAD, 12, beam_size=3)[0]
+        single = single[: int((single != PAD).sum())]  # [PAD] only follows [EOS]
         assert batched[i, : len(single)].tolist() == single.tolist()
         assert (batched[i, len(single) :] == PAD).all()
 
@@ -485,17 +507,58 @@ def test_adam_betas_come_from_the_config(lib, tmp_path):
     assert checkpoint["optimizer_state_dict"]["param_groups"][0]["betas"] == (0.8, 0.95)
 
 
-def test_checkpoint_resume_is_exact(lib, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_checkpoint_resume_is_exact(lib, tmp_path, precision):
     data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(120))
-    straight = lib.train_model(tiny_config(lib, tmp_path / "a", data))
-    lib.train_model(tiny_config(lib, tmp_path / "b", data, num_epochs=1))
+    chosen = lib.choose_precision("cpu", precision)  # fp16 runs the GPU's path: CPU autocast and a live GradScaler
+    assert chosen.grad_scaler().is_enabled() == (precision == "fp16")
+    straight = lib.train_model(tiny_config(lib, tmp_path / "a", data), precision=chosen)
+    lib.train_model(tiny_config(lib, tmp_path / "b", data, num_epochs=1), precision=chosen)
     checkpoint = torch.load(tmp_path / "b" / "weights" / "tmodel_00.pt", weights_only=False)
-    assert {"model_state_dict", "optimizer_state_dict", "epoch", "global_step"} <= set(checkpoint)
+    assert {"model_state_dict", "optimizer_state_dict", "scaler_state_dict", "scheduler_state_dict", "rng_states",
+            "epoch", "global_step"} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == len(straight["train_dataloader"])
-    resumed = lib.train_model(tiny_config(lib, tmp_path / "b", data, preload="latest"))
+    resumed = lib.train_model(tiny_config(lib, tmp_path / "b", data, preload="latest"), precision=chosen)
     assert resumed["val_dataloader"].dataset.src_texts == straight["val_dataloader"].dataset.src_texts
     for (name, a), (_, b) in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][1]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
     assert not list((tmp_path / "b" / "weights").glob("*.tmp"))  # atomic writes leave nothing behind
+    assert sorted(p.name for p in (tmp_path / "b" / "weights").glob("*.pt")) == ["tmodel_01.pt"]  # only the latest
+
+
+def test_rng_states_survive_a_checkpoint_loaded_to_another_device(lib, tmp_path):
+    """A GPU run used to load checkpoints with map_location=device, which moved the RNG state off the CPU and
+    made torch.set_rng_state raise. "meta" stands in for any non-CPU location on this machine."""
+    lib.set_seed(3)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"rng_states": lib.rng_states(), "tensor": torch.ones(2)}, path)
+    expected = (random.random(), torch.rand(3))
+    state = torch.load(path, map_location="meta", weights_only=False)
+    assert state["tensor"].device.type == "meta"
+    lib.restore_rng_states(state["rng_states"])
+    again = (random.random(), torch.rand(3))
+    assert again[0] == expected[0] and torch.equal(again[1], expected[1])
+    assert lib.load_checkpoint(str(path))["tensor"].device.type == "cpu"
+
+
+def test_optimizer_step_skips_the_schedule_with_the_skipped_fp16_step(lib, recwarn):
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = lib.warmup_schedule(optimizer, warmup_steps=10, total_steps=100, decay="linear")
+    scaler = lib.Precision("fp16", "cpu", "test").grad_scaler()
+    before = model.weight.detach().clone()
+    loss = model(torch.ones(1, 3)).sum() * float("inf")  # overflowing gradients: the scaler must skip this step
+    assert lib.optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler) is False
+    assert torch.equal(model.weight, before) and scheduler.last_epoch == 0
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    assert lib.optimizer_step(model(torch.ones(1, 3)).sum(), optimizer, scaler, model.parameters(), scheduler=scheduler)
+    assert scheduler.last_epoch == 1 and not torch.equal(model.weight, before)
+
+
+def test_forced_precision(lib):
+    assert lib.choose_precision("cpu").name == "fp32"
+    assert lib.choose_precision("cpu", "bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="PRECISION"):
+        lib.choose_precision("cpu", "fp8")
