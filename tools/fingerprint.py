@@ -1,25 +1,15 @@
-"""Provenance fingerprint of a notebook's code cells.
-
-The notebook's last code cell computes the same hash from IPython's input history
-(`In[1:-1]`: every code cell as it was actually executed, except that last cell), so a
-committed notebook whose code was edited after its run no longer matches its printed line.
-"""
+"""Provenance fingerprint of a notebook's code cells: tools/render.py records it in the notebook's
+metadata (`a5_render`), tools/check_notebook.py recomputes it from the saved code cells."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 
+KEY = "a5_render"
 SEPARATOR = "\n\x1e\n"  # ASCII record separator on a line of its own: cannot occur in cell sources
-LINE_RE = re.compile(r"Provenance fingerprint: sha256:([0-9a-f]{64}) over (\d+) executed code cells")
 
 
-def notebook_fingerprint(code_sources: list[str]) -> str:
-    """sha256 hex of the code-cell sources, each stripped, joined by SEPARATOR."""
-    joined = SEPARATOR.join(source.strip() for source in code_sources)
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
-
-
-def fingerprint_line(code_sources: list[str]) -> str:
-    """The exact line the notebook's last cell prints."""
-    return f"Provenance fingerprint: sha256:{notebook_fingerprint(code_sources)} over {len(code_sources)} executed code cells"
+def fingerprint(nb) -> str:
+    """`sha256:<hex>` of the non-blank code cells' sources, each stripped, joined by SEPARATOR."""
+    sources = [c.source.strip() for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    return "sha256:" + hashlib.sha256(SEPARATOR.join(sources).encode("utf-8")).hexdigest()

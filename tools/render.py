@@ -6,7 +6,9 @@ Runs every cell with nbclient (no papermill, so no injected parameters cell) on 
 kernel, from the repository root, with A5_PROFILE=<profile>, A5_SHOW_PROGRESS=0 and
 A5_ALLOW_DOWNLOADS as given. The result goes to a temporary file and replaces the notebook
 only once it has run without error, been cleaned and passed tools/check_notebook.py;
-otherwise it is kept as out-failed.ipynb for debugging and the exit status is 1.
+otherwise it is kept as out-failed.ipynb for debugging and the exit status is 1. A successful run
+is recorded in the notebook's metadata `a5_render`: the fingerprint of the code cells as executed
+(tools/fingerprint.py), the profile, the wall time and the UTC time it finished.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
@@ -26,6 +29,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import check_notebook  # noqa: E402
 import clean_notebook  # noqa: E402
+from fingerprint import KEY, fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,15 +48,15 @@ def remove_previous_run(root: Path, profile: str) -> list[Path]:
 
 def execute(nb, *, cwd: Path, timeout: int | None, kernel: str = "python3") -> None:
     """Run all cells of nb in place; raises on the first failing cell (nb keeps what ran)."""
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name=kernel,
-        resources={"metadata": {"path": str(cwd)}},
-        record_timing=False,
-        store_widget_state=False,
-    )
-    client.execute()
+    NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(cwd)}},
+                   record_timing=False, store_widget_state=False).execute()
+
+
+def stamp(nb, code_fingerprint: str, profile: str, wall_seconds: float) -> None:
+    """Record the render in the notebook's metadata."""
+    finished = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    nb.metadata[KEY] = {"fingerprint": code_fingerprint, "profile": profile,
+                        "wall_seconds": round(wall_seconds, 1), "finished": finished}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in remove_previous_run(REPO, args.profile):
             print(f"render: removed {path.relative_to(REPO)} from an earlier run", flush=True)
 
+    executed = fingerprint(nb)  # nbclient sends exactly these sources to the kernel
     started = time.time()
     print(f"render: executing {notebook.name} with A5_PROFILE={args.profile} in {REPO}", flush=True)
     try:
@@ -86,21 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"render: executed in {time.time() - started:.0f} s", flush=True)
 
+    stamp(nb, executed, args.profile, time.time() - started)
     clean_notebook.clean(nb)
     with tempfile.NamedTemporaryFile("w", suffix=".ipynb", dir=notebook.parent, delete=False, encoding="utf-8") as f:
         nbformat.write(nb, f)
         rendered = Path(f.name)
     rendered.chmod(notebook.stat().st_mode & 0o777)
-    seed = check_notebook.load_seed()
-    failures = check_notebook.check(rendered, seed=seed)
+    failures = check_notebook.check(rendered)
     if failures:
         rendered.replace(args.failed)
         print(f"render: the run does not pass the checker; kept in {args.failed}:")
-        for failure in failures:
-            print(f"  - {failure}")
+        print("\n".join(f"  - {failure}" for failure in failures))
         return 1
     rendered.replace(notebook)
-    print(check_notebook.summary(notebook, seed))
+    print(check_notebook.summary(notebook))
     return 0
 
 
