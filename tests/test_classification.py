@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import EMBEDDED_COMPLAINTS, REPO
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 FIXTURE_CSV = REPO / "tests" / "fixtures" / "complaints_synthetic.csv"
 NARRATIVE = "Consumer complaint narrative"
@@ -125,18 +125,29 @@ def test_merge_and_keep_leaves_at_least_five_classes(lib, source):
         assert kept["product"].nunique() >= 5, (source, name)
 
 
-def test_dedup_and_split_has_no_overlap_and_is_stratified(lib):
+def test_prepare_complaints_cleans_labels_and_counts(lib):
+    df = lib.load_complaints(EMBEDDED_COMPLAINTS)
+    prepared = lib.prepare_complaints(df, 600, seed=42)
+    clean = prepared["clean"]
+    assert len(prepared["sample"]) == 600 and prepared["n_single_source"] > 0
+    assert prepared["class_names"] == sorted(clean["product"].unique())
+    assert (clean["product"].map(prepared["class_names"].index) == clean["label"]).all()
+    assert clean["text"].map(lib.word_count).min() >= lib.MIN_WORDS
+    assert (clean["text"] == clean["Consumer complaint narrative"].map(lib.clean_complaint_text)).all()
+
+
+def test_split_complaints_has_no_overlap_and_is_stratified(lib):
     rng = np.random.default_rng(0)
     texts = [f"complaint number {i} about product {i % 5} " + LONG_ENOUGH for i in range(200)]
     texts += [t.upper() + "  " for t in texts[:40]]  # duplicates up to case and spacing
     df = pd.DataFrame({"text": texts, "label": [i % 5 for i in range(200)] + [i % 5 for i in range(40)]})
     df = df.sample(frac=1.0, random_state=int(rng.integers(1000)))
-    train, test, n_dup = lib.dedup_and_split(df, test_size=0.2, seed=1)
+    train, val, test, n_dup = lib.split_complaints(df, test_size=0.2, val_size=0.1, seed=1)
     assert n_dup == 40
-    assert len(train) + len(test) == 200
+    assert (len(train), len(val), len(test)) == (140, 20, 40)
     norm = lambda s: set(s.str.lower().str.split().str.join(" "))
-    assert not norm(train["text"]) & norm(test["text"])
-    assert test["label"].value_counts().tolist() == [8] * 5
+    assert not norm(train["text"]) & norm(test["text"]) and not norm(val["text"]) & (norm(train["text"]) | norm(test["text"]))
+    assert test["label"].value_counts().tolist() == [8] * 5 and val["label"].value_counts().tolist() == [4] * 5
 
 
 # --- dataset and padding ---------------------------------------------------------------------------
@@ -195,7 +206,30 @@ def test_classification_metrics_match_sklearn(lib):
     assert "d" in m["report"]
 
 
-def test_evaluate_classifier_agrees_with_its_predictions(lib):
+def test_bootstrap_intervals_and_paired_difference(lib):
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 400)
+    good = np.where(rng.random(400) < 0.85, y_true, rng.integers(0, 4, 400))
+    bad = np.where(rng.random(400) < 0.5, y_true, rng.integers(0, 4, 400))
+    everything = np.arange(400)[None, :]
+    scores = lib._resampled_scores(y_true, good, everything, 4)
+    assert scores["f1_macro"][0] == pytest.approx(f1_score(y_true, good, average="macro"))
+    assert scores["accuracy"][0] == pytest.approx(accuracy_score(y_true, good))
+    intervals = lib.bootstrap_intervals(y_true, good, 4, seed=1)
+    low, high = intervals["f1_macro"]
+    assert low < f1_score(y_true, good, average="macro") < high and high - low < 0.15
+    diff, low, high = lib.paired_bootstrap_difference(y_true, good, bad, 4, seed=1)
+    assert low > 0 and diff == pytest.approx(f1_score(y_true, good, average="macro") - f1_score(y_true, bad, average="macro"))
+    _, low, high = lib.paired_bootstrap_difference(y_true, good, good.copy(), 4, seed=1)
+    assert low == high == 0.0  # the same predictions: no difference in any resample
+
+
+def test_balanced_class_weights(lib):
+    weights = lib.balanced_class_weights([0, 0, 0, 1], 3)
+    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 4 / 3])
+
+
+def test_predict_classifier_agrees_with_its_predictions(lib):
     torch.manual_seed(0)
     model = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=3))
     items = [{"input_ids": torch.randint(5, 1000, (int(n),)), "labels": torch.tensor(i % 3)}
@@ -203,9 +237,11 @@ def test_evaluate_classifier_agrees_with_its_predictions(lib):
     for item in items:
         item["attention_mask"] = torch.ones_like(item["input_ids"])
     loader = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=lambda b: lib.pad_to_longest(b, 0))
-    m = lib.evaluate_classifier(model, loader, torch.device("cpu"), ["x", "y", "z"], plot=False)
+    m = lib.predict_classifier(model, loader, torch.device("cpu"), lib.choose_precision("cpu"))
     assert m["accuracy"] == pytest.approx(accuracy_score(m["y_true"], m["y_pred"]))
     assert m["y_true"].tolist() == [i % 3 for i in range(24)]
+    assert m["probs"].shape == (24, 3) and np.allclose(m["probs"].sum(1), 1, atol=1e-5)
+    assert (m["probs"].argmax(1) == m["y_pred"]).all()
 
 
 # --- training loop ---------------------------------------------------------------------------------
@@ -221,17 +257,39 @@ def test_train_classifier_learns_a_separable_toy_task(lib):
         label = i % 2
         ids = torch.tensor([1] + [10 + 10 * label] * 3 + torch.randint(30, 50, (4,)).tolist() + [2])
         items.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(label)})
-    loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    sampler = lib.LengthGroupedBatchSampler([len(item["input_ids"]) for item in items], 16, shuffle=True, seed=0)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
     optimizer, scheduler = lib.make_optimizer(model, lr=3e-3, total_steps=6 * len(loader))
-    history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 6, torch.device("cpu"), show_progress=False)
-    assert len(history) == 6 and {"train_loss", "test_acc", "epoch_time_s"} <= set(history[0])
-    assert history[-1]["test_acc"] > 0.9
+    history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 6, torch.device("cpu"),
+                                   lib.choose_precision("cpu"), show_progress=False,
+                                   class_weights=lib.balanced_class_weights([0, 1], 2))
+    assert len(history) == 6 and {"train_loss", "val_acc", "val_f1", "best", "epoch_time_s"} <= set(history[0])
+    assert max(h["val_acc"] for h in history) > 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    best = max(history, key=lambda h: h["val_f1"])
+    kept = lib.predict_classifier(model, loader, torch.device("cpu"), lib.choose_precision("cpu"))
+    assert kept["accuracy"] == pytest.approx(best["val_acc"])  # the model holds the best epoch's weights
 
 
-def test_linear_warmup_decay_shape(lib):
+def test_train_classifier_stops_when_validation_stalls(lib):
+    torch.manual_seed(0)
+    config = lib.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = lib.BertForSequenceClassification(config)
+    items = [{"input_ids": torch.randint(3, 50, (6,)), "attention_mask": torch.ones(6, dtype=torch.long),
+              "labels": torch.tensor(i % 2)} for i in range(32)]  # random labels: nothing to learn
+    sampler = lib.LengthGroupedBatchSampler([6] * 32, 8, shuffle=True, seed=0)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    optimizer, scheduler = lib.make_optimizer(model, lr=1e-3, total_steps=40 * len(loader))
+    history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 40, torch.device("cpu"),
+                                   lib.choose_precision("cpu"), show_progress=False, patience=2)
+    assert len(history) < 40
+    assert [h["best"] for h in history[-2:]] == [False, False]
+
+
+def test_schedule_with_linear_decay(lib):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = lib.linear_warmup_decay(opt, warmup_steps=4, total_steps=20)
+    sched = lib.warmup_schedule(opt, warmup_steps=4, total_steps=20, decay="linear")
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
