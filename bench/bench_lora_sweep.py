@@ -5,10 +5,10 @@ One factor at a time around the centre r=16 / query,key,value,dense / lr 2e-3 (7
 {query+value, query+key+value, query+key+value+dense} and learning rate in {1e-3, 2e-3, 5e-3}. Every
 configuration uses the notebook's own code: load_lora_base (offline: all-MiniLM-L6-v2), make_lora_config,
 get_peft_model, make_optimizer (AdamW, linear warmup/decay), train_classifier and make_loader, and is scored
-with classification_metrics (macro-F1) on the whole 978-complaint test split of the `cpu` profile.
+by macro-F1 on the whole validation split of the `cpu` profile (its best epoch); the test split is never used.
 
 The budget is reduced so the sweep fits in about 12 minutes on 2 cores: a stratified subset of the
-3,909 training complaints (--train-size), max_len 128, 1 epoch, batch 16, seed 42 for everything. The
+training complaints (--train-size), max_len 128, 1 epoch, batch 16, seed 42 for everything. The
 ranking, not the absolute score, is what the sweep measures; the notebook trains the winner longer.
 
     python bench/bench_lora_sweep.py                  # the sweep (about 12 min on 2 cores)
@@ -16,12 +16,11 @@ ranking, not the absolute score, is what the sweep measures; the notebook trains
     python bench/bench_lora_sweep.py --quick          # tiny sizes, seconds: proves it runs
 
 Reads the notebook named by A5_NOTEBOOK (default assignment5.ipynb) and data/cfpb_complaints_narratives.csv.gz
-(the committed split is asserted: 3,909 train / 978 test complaints, 7 classes). Writes nothing.
+and splits it with the notebook's own prepare_complaints and split_complaints. Writes nothing.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import sys
@@ -39,7 +38,6 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 SEED = 42
 PROFILE = "cpu"
-EXPECTED_SPLIT = {"train": 3909, "test": 978, "classes": 7}  # the committed cpu-profile split
 TARGETS = {
     "q,v": ("query", "value"),
     "q,k,v": ("query", "key", "value"),
@@ -62,23 +60,12 @@ def sweep_configs() -> list[dict]:
 
 
 def prepare_split(lib: types.ModuleType, path: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Section 2's data preparation for the `cpu` profile, line for line as in the notebook's work cells:
-    (train_df, test_df, class_names) with `text` and `label` columns."""
-    p2 = lib.CLASSIFICATION_PROFILES[PROFILE]
-    df = lib.load_complaints(path or lib.EMBEDDED_COMPLAINTS)
-    if "source_repo" in df.columns:
-        df = df.loc[~df["source_repo"].isin(lib.SINGLE_CLASS_SOURCES)].reset_index(drop=True)
-    df_sample = lib.sample_complaints(df, p2["sample_size"], SEED)
-    df_sample["product"] = lib.merge_products(df_sample["Product"])
-    df_classes = lib.keep_major_classes(df_sample, lib.min_class_size(len(df_sample)))
-    label_encoder = lib.LabelEncoder()
-    df_classes["label"] = label_encoder.fit_transform(df_classes["product"])
-    class_names = list(label_encoder.classes_)
-    df_classes["text"] = df_classes["Consumer complaint narrative"].map(lib.clean_complaint_text)
-    too_short = df_classes["text"].map(lib.word_count) < lib.MIN_WORDS
-    df_clean = df_classes.loc[~too_short].reset_index(drop=True)
-    train_df, test_df, _ = lib.dedup_and_split(df_clean, lib.TEST_SIZE, SEED)
-    return train_df, test_df, class_names
+    """The notebook's own data preparation for the `cpu` profile (prepare_complaints, split_complaints):
+    (train_df, val_df, class_names). The test split is never touched."""
+    prepared = lib.prepare_complaints(lib.load_complaints(path or lib.EMBEDDED_COMPLAINTS),
+                                      lib.CLASSIFICATION_PROFILES[PROFILE]["sample_size"], SEED)
+    train_df, val_df, _, _ = lib.split_complaints(prepared["clean"], lib.TEST_SIZE, lib.VAL_SIZE, SEED)
+    return train_df, val_df, prepared["class_names"]
 
 
 def stratified_subset(df: pd.DataFrame, n: int | None, seed: int = SEED) -> pd.DataFrame:
@@ -89,26 +76,9 @@ def stratified_subset(df: pd.DataFrame, n: int | None, seed: int = SEED) -> pd.D
     return subset.reset_index(drop=True)
 
 
-@contextlib.contextmanager
-def recorded_predictions(lib: types.ModuleType):
-    """Record what lib.predict_classifier returns while train_classifier runs. train_classifier already predicts
-    the whole test split after its last epoch; recording that call spares a second pass over the 978 complaints."""
-    original, calls = lib.predict_classifier, []
-
-    def recording(*args, **kwargs):
-        calls.append(original(*args, **kwargs))
-        return calls[-1]
-
-    lib.predict_classifier = recording
-    try:
-        yield calls
-    finally:
-        lib.predict_classifier = original
-
-
-def run_config(lib: types.ModuleType, config: dict, train_loader, test_loader, class_names: list[str],
+def run_config(lib: types.ModuleType, config: dict, train_loader, val_loader, class_names: list[str],
                epochs: int) -> dict:
-    """Train one LoRA configuration from the same seeded start and score it on the test loader."""
+    """Train one LoRA configuration from the same seeded start; its score is the best validation epoch's."""
     device = torch.device("cpu")
     lib.set_seed(SEED)
     base, _, _ = lib.load_lora_base(len(class_names), allow_downloads=False)
@@ -120,16 +90,12 @@ def run_config(lib: types.ModuleType, config: dict, train_loader, test_loader, c
     lib.set_seed(SEED)
     optimizer, scheduler = lib.make_optimizer(model, config["lr"], total_steps=epochs * len(train_loader))
     name = f"r={config['r']} {config['targets']} lr={config['lr']:g}"
-    with recorded_predictions(lib) as calls:
-        history = lib.train_classifier(model, train_loader, test_loader, optimizer, scheduler, epochs, device,
-                                       show_progress=False, name=name)
-    final = calls[-1]  # the test-split predictions after the last epoch
-    metrics = lib.classification_metrics(final["y_true"], final["y_pred"], class_names)
-    assert len(final["y_true"]) == len(test_loader.dataset)
-    assert abs(metrics["accuracy"] - history[-1]["test_acc"]) < 1e-9
+    history = lib.train_classifier(model, train_loader, val_loader, optimizer, scheduler, epochs, device,
+                                   lib.choose_precision(device), show_progress=False, name=name)
+    best = max(history, key=lambda h: h["val_f1"])
     return {**config, "trainable": trainable, "total": total,
-            "train_s": sum(h["epoch_time_s"] for h in history), "accuracy": float(metrics["accuracy"]),
-            "f1_macro": float(metrics["f1_macro"])}
+            "train_s": sum(h["epoch_time_s"] for h in history), "accuracy": float(best["val_acc"]),
+            "f1_macro": float(best["val_f1"])}
 
 
 def best_config(rows: list[dict]) -> dict:
@@ -149,13 +115,13 @@ def format_table(rows: list[dict]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=1200,
-                        help="stratified training subset of the 3,909 training complaints (0 = all)")
+                        help="stratified subset of the training complaints (0 = all)")
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true",
-                        help=f"tiny run for tests: {QUICK['train_size']} training / {QUICK['test_size']} test "
+                        help=f"tiny run for tests: {QUICK['train_size']} training / {QUICK['test_size']} validation "
                              f"complaints, max_len {QUICK['max_len']}")
     return parser.parse_args(argv)
 
@@ -170,30 +136,29 @@ def main(argv=None, lib: types.ModuleType | None = None) -> dict:
         args.train_size, args.max_len, args.batch_size, args.epochs = (
             QUICK["train_size"], QUICK["max_len"], QUICK["batch_size"], QUICK["epochs"])
 
-    train_df, test_df, class_names = prepare_split(lib)
-    split = {"train": len(train_df), "test": len(test_df), "classes": len(class_names)}
-    assert split == EXPECTED_SPLIT, f"not the committed cpu-profile split: {split} != {EXPECTED_SPLIT}"
+    train_df, val_df, class_names = prepare_split(lib)
+    split = {"train": len(train_df), "validation": len(val_df), "classes": len(class_names)}
     sweep_train = stratified_subset(train_df, args.train_size or None)
-    sweep_test = stratified_subset(test_df, QUICK["test_size"]) if args.quick else test_df
+    sweep_val = stratified_subset(val_df, QUICK["test_size"]) if args.quick else val_df
 
     with lib.quiet_transformers():
         tokenizer = lib.BertTokenizer.from_pretrained(str(lib.minilm_dir()))  # load_lora_base's own tokenizer
     train_ds = lib.ComplaintDataset(sweep_train["text"], sweep_train["label"], tokenizer, args.max_len)
-    test_ds = lib.ComplaintDataset(sweep_test["text"], sweep_test["label"], tokenizer, args.max_len)
+    val_ds = lib.ComplaintDataset(sweep_val["text"], sweep_val["label"], tokenizer, args.max_len)
     train_loader = lib.make_loader(train_ds, args.batch_size, tokenizer.pad_token_id, shuffle=True, seed=SEED)
-    test_loader = lib.make_loader(test_ds, 32, tokenizer.pad_token_id, shuffle=False)
+    val_loader = lib.make_loader(val_ds, 32, tokenizer.pad_token_id, shuffle=False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} "
           f"({os.cpu_count()} logical CPUs); notebook lib from {Path(lib.__file__).name}")
-    print(f"split (cpu profile, seed {SEED}): {split['train']:,} train / {split['test']:,} test complaints, "
-          f"{split['classes']} classes; sweep trains on a stratified {len(train_ds):,} and tests on "
-          f"{len(test_ds):,}{' (QUICK)' if args.quick else ' (the whole test split)'}")
+    print(f"split (cpu profile, seed {SEED}): {split['train']:,} train / {split['validation']:,} validation "
+          f"complaints, {split['classes']} classes; sweep trains on a stratified {len(train_ds):,} and scores on "
+          f"{len(val_ds):,}{' (QUICK)' if args.quick else ' (the whole validation split; test is never used)'}")
     print(f"budget per config: {args.epochs} epoch(s), max_len {args.max_len}, batch {args.batch_size} "
           f"({args.epochs * len(train_loader)} steps), lora_alpha = 2r, dropout {LORA_DROPOUT}; base model "
           f"all-MiniLM-L6-v2 (offline)", flush=True)
 
     rows = []
     for config in sweep_configs():
-        rows.append(run_config(lib, config, train_loader, test_loader, class_names, args.epochs))
+        rows.append(run_config(lib, config, train_loader, val_loader, class_names, args.epochs))
     best = best_config(rows)
     centre_is_best = all(best[k] == CENTRE[k] for k in CENTRE)
     wall = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""bench/bench_lora_sweep.py: the cpu-profile split it rebuilds is the committed one, and --quick runs the sweep."""
+"""bench/bench_lora_sweep.py: it scores on the notebook's validation split, and --quick runs the sweep."""
 from __future__ import annotations
 
 import pytest
@@ -34,7 +34,8 @@ def test_best_config_breaks_ties_by_fewer_parameters(bench):
 def test_quick_run(lib, bench, capsys):
     results = bench.main(["--quick"], lib=lib)
     out = capsys.readouterr().out
-    assert results["split"] == {"train": 3909, "test": 978, "classes": 7}
+    assert set(results["split"]) == {"train", "validation", "classes"}  # no test split anywhere
+    assert results["split"]["classes"] >= 5 and results["split"]["validation"] > 300
     rows = results["rows"]
     assert len(rows) == 7
     assert all(0 <= r["f1_macro"] <= 1 and 0 <= r["accuracy"] <= 1 and r["train_s"] > 0 for r in rows)
