@@ -350,3 +350,27 @@ def test_minilm_files_and_tokenizer_vocabulary(lib, tokenizer):
 
 def test_lib_cells_have_no_side_effects(lib):
     assert not hasattr(lib, "df") and not hasattr(lib, "small_bert") and not hasattr(lib, "SECTION2_RESULTS")
+
+
+def test_merge_check_compares_in_fp32_whatever_the_run_precision(lib):
+    """W·x + B·A·x and (W + BA)·x round differently: in bf16 the logits drift apart (and can flip a near-tie),
+    in fp32 they agree to well under the notebook's tolerance of 1e-3."""
+    torch.manual_seed(0)
+    base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=4))
+    lora = lib.get_peft_model(base, lib.make_lora_config(**lib.LORA_HPARAMS))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    merged = lib.merge_lora(lora)
+    items = [{"input_ids": torch.randint(5, 1000, (int(n),)), "labels": torch.tensor(i % 4)}
+             for i, n in enumerate(torch.randint(6, 24, (32,)))]
+    for item in items:
+        item["attention_mask"] = torch.ones_like(item["input_ids"])
+    loader = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    gaps = {}
+    for name in ("fp32", "bf16"):
+        precision = lib.Precision(name, "cpu", "test")
+        adapter_out, merged_out = (lib.predict_classifier(m, loader, torch.device("cpu"), precision) for m in (lora, merged))
+        gaps[name] = float((adapter_out["logits"] - merged_out["logits"]).abs().max())
+    assert gaps["fp32"] < 1e-4 < gaps["bf16"]
