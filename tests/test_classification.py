@@ -374,3 +374,24 @@ def test_merge_check_compares_in_fp32_whatever_the_run_precision(lib):
         adapter_out, merged_out = (lib.predict_classifier(m, loader, torch.device("cpu"), precision) for m in (lora, merged))
         gaps[name] = float((adapter_out["logits"] - merged_out["logits"]).abs().max())
     assert gaps["fp32"] < 1e-4 < gaps["bf16"]
+
+
+def test_predictions_come_back_in_dataset_order_from_a_length_grouped_loader(lib, tokenizer):
+    """The evaluation loader sorts complaints by length; predictions must still line up with the labels' order,
+    or every test metric compares the wrong pairs."""
+    texts = [" ".join(["mortgage"] * n) for n in (30, 3, 12, 7, 25, 1, 18, 9)]
+    labels = [0, 1, 2, 0, 1, 2, 0, 1]
+    dataset = lib.ComplaintDataset(texts, labels, tokenizer, max_len=64)
+    loader = lib.make_loader(dataset, 3, tokenizer.pad_token_id, shuffle=False)
+    assert [i for batch in loader.batch_sampler for i in batch] != list(range(8))  # the loader reorders
+    torch.manual_seed(0)
+    model = lib.BertForSequenceClassification(lib.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=3))
+    out = lib.predict_classifier(model, loader, torch.device("cpu"), lib.choose_precision("cpu"))
+    assert out["y_true"].tolist() == labels
+    for i in range(8):  # each row's prediction is that complaint's own
+        single = lib.make_loader(lib.ComplaintDataset([texts[i]], [labels[i]], tokenizer, 64), 1,
+                                 tokenizer.pad_token_id, shuffle=False)
+        alone = lib.predict_classifier(model, single, torch.device("cpu"), lib.choose_precision("cpu"))
+        assert torch.allclose(alone["logits"][0], out["logits"][i], atol=1e-5)
