@@ -315,14 +315,21 @@ def test_lora_trainable_parameters_match_formula(lib, r):
     assert total == sum(p.numel() for p in base.parameters())
 
 
-def test_merged_model_predicts_like_adapter_model(lib):
+def nontrivial_lora(lib):
+    """A tiny BERT with the notebook's LoRA adapters, B drawn at random (it starts at zero) so the adapter
+    changes the function."""
     torch.manual_seed(0)
     base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=4))
     lora = lib.get_peft_model(base, lib.make_lora_config(**lib.LORA_HPARAMS))
     with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
-                p.normal_(0.0, 0.5)  # B starts at zero; make the adapter change the function
+                p.normal_(0.0, 0.5)
+    return lora
+
+
+def test_merged_model_predicts_like_adapter_model(lib):
+    lora = nontrivial_lora(lib)
     lora.eval()
     ids = torch.randint(5, 1000, (16, 24))
     mask = torch.ones_like(ids)
@@ -355,13 +362,7 @@ def test_lib_cells_have_no_side_effects(lib):
 def test_merge_check_compares_in_fp32_whatever_the_run_precision(lib):
     """W·x + B·A·x and (W + BA)·x round differently: in bf16 the logits drift apart (and can flip a near-tie),
     in fp32 they agree to well under the notebook's tolerance of 1e-3."""
-    torch.manual_seed(0)
-    base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=4))
-    lora = lib.get_peft_model(base, lib.make_lora_config(**lib.LORA_HPARAMS))
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.5)
+    lora = nontrivial_lora(lib)
     merged = lib.merge_lora(lora)
     items = [{"input_ids": torch.randint(5, 1000, (int(n),)), "labels": torch.tensor(i % 4)}
              for i, n in enumerate(torch.randint(6, 24, (32,)))]
