@@ -1259,9 +1259,8 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transformer:
-    return build_transformer(vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"],
-                             d_model=config["d_model"], N=config["N"], h=config["h"],
-                             dropout=config["dropout"], d_ff=config["d_ff"])
+    return build_transformer(vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"], d_model=config["d_model"],
+                             N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"])
 
 
 # %% [markdown]
@@ -1302,8 +1301,7 @@ def get_config(**overrides) -> dict:
 
 
 def get_weights_file_path(config: dict, epoch: str) -> str:
-    model_filename = f"{config['model_basename']}{epoch}.pt"
-    return str(Path(".") / config["model_folder"] / model_filename)
+    return str(Path(".") / config["model_folder"] / f"{config['model_basename']}{epoch}.pt")
 
 
 # Profiles: the paper-sized run for a GPU, a reduced CPU run, and a minutes-long smoke test.
