@@ -409,11 +409,11 @@ def test_loop_share_is_a_percentage(lib):
     assert lib.loop_share([]) == 0.0
 
 
-def test_ids_to_text_shows_unk_only_when_asked(lib, tokenizers):
+def test_ids_to_text_shows_unk_and_scoring_drops_it(lib, tokenizers):
     _, tok, _ = tokenizers
     ids = [tok.token_to_id("[SOS]"), tok.token_to_id("[UNK]"), tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")]
-    assert lib.ids_to_text(tok, ids) == ""
-    assert lib.ids_to_text(tok, ids, keep_unk=True) == "[UNK]"
+    assert lib.ids_to_text(tok, ids) == "[UNK]"
+    assert lib.without_unk(lib.ids_to_text(tok, ids)) == ""
 
 
 def test_training_loss_on_logits_equals_loss_on_log_probabilities(lib):
