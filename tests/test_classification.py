@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -100,15 +101,16 @@ def test_load_complaints_decodes_non_utf8(lib, tmp_path):
     assert "café" in df[NARRATIVE].iloc[0] and "€" in df[NARRATIVE].iloc[0]
 
 
-def test_resolve_source_prefers_explicit_then_offline_then_errors(lib, tmp_path):
+def test_complaints_source_prefers_explicit_then_offline_then_errors(lib, tmp_path):
     given = write_csv(tmp_path / "given.csv", {"Product": ["Mortgage"], NARRATIVE: [LONG_ENOUGH]})
-    assert lib.resolve_complaints_source(given, False, tmp_path / "data", tmp_path / "none.gz")[0] == given
+    resolve = partial(lib.resolve_run_sources, hub_online=False, drive_online=False, data_dir=tmp_path / "data")
+    assert resolve(str(given), embedded_complaints=tmp_path / "none.gz")["complaints"].path == given
     with pytest.raises(FileNotFoundError):
-        lib.resolve_complaints_source(tmp_path / "missing.csv", False, tmp_path / "data", given)
-    path, origin = lib.resolve_complaints_source(None, False, tmp_path / "data", given)
-    assert path == given and origin.lower().startswith("offline stand-in")
+        resolve(str(tmp_path / "missing.csv"), embedded_complaints=given)
+    complaints = resolve(None, embedded_complaints=given)["complaints"]
+    assert complaints.path == given and complaints.standin and complaints.used.startswith("OFFLINE STAND-IN")
     with pytest.raises(FileNotFoundError, match="A5_COMPLAINTS_CSV"):
-        lib.resolve_complaints_source(None, False, tmp_path / "data", tmp_path / "none.gz")
+        resolve(None, embedded_complaints=tmp_path / "none.gz")
 
 
 # --- classes and split -----------------------------------------------------------------------------

@@ -250,7 +250,7 @@ def test_sources_say_hub_when_online(lib, tmp_path):
     sources = lib.resolve_run_sources(str(FIXTURE_CSV), hub_online=True, drive_online=False, data_dir=tmp_path)
     assert sources["lora_base"].used == "the original (downloaded at first load; all-MiniLM-L6-v2 if that fails)"
     assert sources["vocabulary"].used.startswith("the original (downloaded at first load")
-    assert sources["complaints"].used == str(FIXTURE_CSV) and not any(s.standin for s in sources.values())
+    assert sources["complaints"].used == lib.shown_path(FIXTURE_CSV) and not any(s.standin for s in sources.values())
 
 
 def test_complaints_file_uploaded_beside_the_notebook_is_found(lib, monkeypatch, tmp_path):
