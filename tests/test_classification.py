@@ -1,6 +1,7 @@
 """Section 2 (complaint classification): the notebook's lib cells, tested without a kernel or a network."""
 from __future__ import annotations
 
+import copy
 import gzip
 from functools import partial
 
@@ -308,8 +309,8 @@ def test_lora_trainable_parameters_match_formula(lib, r):
     num_labels, hidden, layers = 5, 128, 2
     torch.manual_seed(0)
     base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels))
-    lora = lib.get_peft_model(base, lib.make_lora_config(r=r, lora_alpha=2 * r, lora_dropout=0.1,
-                                                         target_modules=["query", "value"]))
+    lora = lib.get_peft_model(base, lib.LoraConfig(task_type=lib.TaskType.SEQ_CLS, r=r, lora_alpha=2 * r,
+                                                     lora_dropout=0.1, target_modules=["query", "value"]))
     adapters = layers * 2 * r * (hidden + hidden)  # query and value: hidden -> hidden, A is r x in, B is out x r
     head = hidden * num_labels + num_labels  # SEQ_CLS makes the new classifier trainable
     trainable, total = lib.model_parameter_counts(lora)
@@ -322,7 +323,7 @@ def nontrivial_lora(lib):
     changes the function."""
     torch.manual_seed(0)
     base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels=4))
-    lora = lib.get_peft_model(base, lib.make_lora_config(**lib.LORA_HPARAMS))
+    lora = lib.get_peft_model(base, lib.LoraConfig(task_type=lib.TaskType.SEQ_CLS, **lib.LORA_HPARAMS))
     with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
@@ -340,7 +341,7 @@ def test_merged_model_predicts_like_adapter_model(lib):
         adapted = lora(input_ids=ids, attention_mask=mask).logits
         with lora.disable_adapter():
             plain = lora(input_ids=ids, attention_mask=mask).logits
-        merged_model = lib.merge_lora(lora)
+        merged_model = copy.deepcopy(lora).merge_and_unload()
         merged_model.eval()
         merged = merged_model(input_ids=ids, attention_mask=mask).logits
         adapted_again = lora(input_ids=ids, attention_mask=mask).logits
@@ -365,7 +366,7 @@ def test_merge_check_compares_in_fp32_whatever_the_run_precision(lib):
     """W·x + B·A·x and (W + BA)·x round differently: in bf16 the logits drift apart (and can flip a near-tie),
     in fp32 they agree to well under the notebook's tolerance of 1e-3."""
     lora = nontrivial_lora(lib)
-    merged = lib.merge_lora(lora)
+    merged = copy.deepcopy(lora).merge_and_unload()
     items = [{"input_ids": torch.randint(5, 1000, (int(n),)), "labels": torch.tensor(i % 4)}
              for i, n in enumerate(torch.randint(6, 24, (32,)))]
     for item in items:
