@@ -37,8 +37,8 @@ def test_smoke_run_all(tmp_path, monkeypatch, precision):
     text = output_texts(nb)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert "Profile: smoke" in text
-    assert "OFFLINE STAND-IN for opus_books" in text  # the translation data says what it is
-    assert "OFFLINE STAND-IN for complaints_small.csv: data/cfpb_complaints_narratives.csv.gz" in text
+    assert "Translation data: OFFLINE STAND-IN: KJV (en) -> Diodati (it) Bibles" in text  # says what it is
+    assert "OFFLINE STAND-IN: real CFPB narratives, not the course sample: data/cfpb_complaints_narratives.csv.gz" in text
     assert "epoch  2/2" in text  # one line per epoch
     assert "Conclusions" in "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "**Results.**" in text and "**How well it translates.**" in text  # generated conclusions
