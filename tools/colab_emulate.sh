@@ -104,8 +104,8 @@ wall = time.time() - started
 nbformat.write(nb, "executed.ipynb")
 outs = [(nb.cells.index(c), c, o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 errors = [f"cell {i}: {o.ename}: {o.evalue}" for i, _, o in outs if o.output_type == "error"]
-setup = next(((c, line) for _, c, o in outs if o.get("name") == "stdout" for line in o.text.splitlines()
-              if re.match(r"\d+ packages needed", line)), (None, "(no 'packages needed' line)"))
+setup = next(((c, line) for _, c, o in outs for line in o.get("data", {}).get("text/markdown", "").splitlines()
+              if line.startswith("Installed now:")), (None, "(no 'Installed now' line)"))
 t = setup[0].metadata.get("execution", {}) if setup[0] else {}
 took = (datetime.datetime.fromisoformat(t["shell.execute_reply"]) - datetime.datetime.fromisoformat(
     t["iopub.execute_input"])).total_seconds() if "shell.execute_reply" in t else float("nan")
