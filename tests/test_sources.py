@@ -126,7 +126,8 @@ def test_opus_books_is_downloaded_at_first_load_cached_and_reported_as_the_origi
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", fake_opus_books(calls))
     planned = lib.resolve_run_sources(str(FIXTURE_CSV), hub_online=True, drive_online=False, data_dir=tmp_path)
-    assert not planned["translation"].standin and planned["translation"].used.startswith("the original (downloaded")
+    translation = planned["translation pairs"]
+    assert not translation.standin and translation.used.startswith("the original (downloaded")
     cache = lib.opus_books_cache("en", "it", tmp_path)
     assert lib.download_opus_books("en", "it", cache) and cache.is_file()
     assert calls == [("Helsinki-NLP/opus_books", "en-it", "train")]
@@ -135,7 +136,7 @@ def test_opus_books_is_downloaded_at_first_load_cached_and_reported_as_the_origi
     pairs = lib.load_translation_pairs(lib.get_config(datasource=lib.OPUS_BOOKS))
     assert len(pairs) == 40 and pairs[3] == {"id": "3", "translation": {"en": "The house number 3 is red .",
                                                                          "it": "La casa numero 3 è rossa ."}}
-    cached = lib.resolve_run_sources(str(FIXTURE_CSV), True, False, data_dir=tmp_path)["translation"]
+    cached = lib.resolve_run_sources(str(FIXTURE_CSV), True, False, data_dir=tmp_path)["translation pairs"]
     assert cached.used == f"the original, cached: {cache}" and not cached.standin
 
 
@@ -146,7 +147,7 @@ def test_failed_opus_books_download_falls_back_to_the_bible(lib, monkeypatch, tm
     with pytest.warns(UserWarning, match="hub is down"):
         assert not lib.download_opus_books("en", "it", tmp_path / "opus.jsonl")
     assert list(tmp_path.iterdir()) == []  # nothing half-written is left to pass for a cache
-    offline = lib.resolve_run_sources(str(FIXTURE_CSV), False, False, data_dir=tmp_path)["translation"]
+    offline = lib.resolve_run_sources(str(FIXTURE_CSV), False, False, data_dir=tmp_path)["translation pairs"]
     assert offline.standin and offline.used.startswith("OFFLINE STAND-IN: KJV (en) -> Diodati (it)")
 
 
@@ -205,8 +206,8 @@ def test_offline_run_uses_the_stand_ins(lib, tmp_path):
     sources = lib.resolve_run_sources(None, False, False, data_dir=tmp_path)
     assert sources["complaints"].path == EMBEDDED_COMPLAINTS
     assert all(s.standin for s in sources.values())
-    assert re.search(r"OFFLINE STAND-IN: all-MiniLM-L6-v2 \(6 layers", sources["lora_base"].used)
-    assert sources["lora_base"].original == "prajjwal1/bert-tiny"
+    assert re.search(r"OFFLINE STAND-IN: all-MiniLM-L6-v2 \(6 layers", sources["LoRA base model"].used)
+    assert sources["LoRA base model"].original == "prajjwal1/bert-tiny"
 
 
 # ---------------------------------------------------------------- bert-tiny through the Hub-name code path
@@ -248,8 +249,8 @@ def test_hub_failure_falls_back_to_minilm(lib, tmp_path):
 
 def test_sources_say_hub_when_online(lib, tmp_path):
     sources = lib.resolve_run_sources(str(FIXTURE_CSV), hub_online=True, drive_online=False, data_dir=tmp_path)
-    assert sources["lora_base"].used == "the original (downloaded at first load; all-MiniLM-L6-v2 if that fails)"
-    assert sources["vocabulary"].used.startswith("the original (downloaded at first load")
+    assert sources["LoRA base model"].used == "the original (downloaded at first load; all-MiniLM-L6-v2 if that fails)"
+    assert sources["BERT vocabulary"].used.startswith("the original (downloaded at first load")
     assert sources["complaints"].used == lib.shown_path(FIXTURE_CSV) and not any(s.standin for s in sources.values())
 
 
