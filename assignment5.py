@@ -716,7 +716,8 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
 # %% [markdown]
 # `get_ds` removes and counts empty pairs, exact duplicates and pairs too long for `seq_len`. The 90/10
 # split is a seeded `random_split` of the distinct English sentences, so no validation source is ever
-# seen in training; the vocabularies, as in the seed, are built from all kept pairs.
+# seen in training; the vocabularies, as in the seed, are built from both sides of the split (before
+# overlong pairs are dropped).
 
 # %% tags=["lib"]
 def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -1833,7 +1834,8 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} train
 
 # %% [markdown]
 # One loop trains both transformers: the (optionally class-weighted) cross-entropy, Section 1's
-# `optimizer_step`, and its schedule with a linear decay (warm-up over 10% of the steps, as in BERT).
+# `optimizer_step`, and its schedule with a linear decay (warm-up over 10% of the steps, BERT's
+# fine-tuning default).
 # After each epoch it scores the validation split, keeps the best macro-F1's weights and stops after
 # `patience` epochs without a gain. Only parameters with `requires_grad` are optimised, so LoRA uses it too.
 
