@@ -24,6 +24,9 @@ from fingerprint import KEY, fingerprint  # noqa: E402
 SEED = ["Section 1: Transformer", "Part 1: Input Embeddings", "Part 2: positional encoding"]
 PLACEHOLDER = "*Run summary: written by the last cell once the whole notebook has run.*"
 
+# The metadata that folds a support cell in Colab and in Jupyter.
+FOLDED = {"cellView": "form", "jupyter": {"source_hidden": True}}
+
 # The notebook's last cell: it fills in the run summary at the top.
 FINAL_CELL = """from IPython.display import update_display
 
@@ -69,9 +72,10 @@ def small_notebook():
                 f'display(Markdown("{PLACEHOLDER}"), display_id="run-summary");'
             ),
             new_markdown_cell("## Part 1: Input Embeddings"),
-            new_code_cell(
-                "import matplotlib.pyplot as plt\n\n\ndef draw(values):\n    plt.plot(values)\n    plt.show()",
-                metadata={"tags": ["lib"]},
+            new_code_cell(  # support code without outputs: folded (check_notebook.check_folding)
+                "# @title A plotting helper\nimport matplotlib.pyplot as plt\n\n\ndef draw(values):\n"
+                "    plt.plot(values)\n    plt.show()",
+                metadata={"tags": ["lib"], **FOLDED},
             ),
             new_markdown_cell("## **Part 2:** Positional   Encoding"),
             new_code_cell("    \nfig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 2, 3])\nplt.show()"),
@@ -467,6 +471,105 @@ def test_old_notebook_fails_grader_rules():
         assert any(expected in f for f in found), (expected, found)
 
 
+# --- folded support code and the grader's map -------------------------------------------------------------------
+
+
+def folding_failures(*cells):
+    found = check_notebook.check_folding(grader_notebook(*cells))
+    assert found == [f for f in failures(grader_notebook(*cells)) if f in found]  # check() reports them too
+    return found
+
+
+def test_folded_support_cell_passes():
+    assert folding_failures(
+        new_code_cell("import os\nPROFILE = 'cpu'", metadata={"tags": ["parameters"]}),  # exempt from the rule
+        new_code_cell("# @title Helpers for the plots\ndef draw():\n    pass", metadata={"tags": ["lib"], **FOLDED}),
+        new_code_cell('#@title Imports { display-mode: "form" }\nimport os', metadata=copy.deepcopy(FOLDED)),
+        new_code_cell("class InputEmbeddings:\n    ...", metadata={"tags": ["lib", "todo"]}),  # a TODO's answer, open
+        new_code_cell("print(1)", outputs=[new_output("stream", name="stdout", text="1\n")]),  # has outputs: visible
+    ) == []
+
+
+def test_unfolded_support_cell_fails():
+    found = folding_failures(new_code_cell("def helper():\n    return 1", execution_count=1))
+    assert found == [
+        'cell 0 (In [1]): support cell (no outputs, not tagged `todo`) is not folded: make its first line '
+        '`# @title <what it does>` and add "cellView": "form" and "jupyter": {"source_hidden": true} to its metadata, '
+        "or tag it `todo` if it answers a TODO of the seed"
+    ]
+    # metadata alone does not fold it: the title is what a folded cell shows
+    assert "is not folded" in folding_failures(new_code_cell("def helper():\n    return 1", metadata=FOLDED))[0]
+    # the title must be the first line
+    assert "is not folded" in folding_failures(new_code_cell("import os\n# @title Helper", metadata=FOLDED))[0]
+
+
+@pytest.mark.parametrize(
+    "source, metadata, folded",
+    [
+        ("# @title Input embeddings\nclass InputEmbeddings:\n    ...", FOLDED,
+         'a `# @title` first line, "cellView": "form", "jupyter": {"source_hidden": true}'),
+        ("class InputEmbeddings:\n    ...", {"jupyter": {"source_hidden": True}}, '"jupyter": {"source_hidden": true}'),
+        ("# @title Input embeddings\nclass InputEmbeddings:\n    ...", {}, "a `# @title` first line"),
+    ],
+)
+def test_folded_todo_cell_fails(source, metadata, folded):
+    cell = new_code_cell(source, metadata={"tags": ["lib", "todo"], **copy.deepcopy(metadata)})
+    assert folding_failures(cell) == [
+        f"cell 0 (In [ ]): a `todo` cell is folded ({folded}): an answer to the seed's TODOs stays open"
+    ]
+
+
+@pytest.mark.parametrize(
+    "metadata, missing",
+    [
+        ({"jupyter": {"source_hidden": True}}, '"cellView": "form"'),
+        ({"cellView": "form"}, '"jupyter": {"source_hidden": true}'),
+        ({"cellView": "form", "jupyter": {"source_hidden": False}}, '"jupyter": {"source_hidden": true}'),
+        ({}, '"cellView": "form" and "jupyter": {"source_hidden": true}'),
+    ],
+)
+def test_title_cell_without_folding_metadata_fails(metadata, missing):
+    outputs = [new_output("stream", name="stdout", text="ok\n")]  # with outputs too: a title asks for both keys
+    for cell in (new_code_cell("# @title Helpers\nx = 1", metadata=metadata),
+                 new_code_cell("# @title Report\nprint('ok')", metadata=metadata, outputs=outputs)):
+        assert folding_failures(cell) == [
+            f"cell 0 (In [ ]): `# @title` cell lacks {missing} in its metadata (folded in Colab and Jupyter)"]
+
+
+def test_title_without_text_fails():
+    assert folding_failures(new_code_cell('# @title { display-mode: "form" }\nx = 1', metadata=FOLDED)) == [
+        "cell 0 (In [ ]): `# @title` without text (say what the folded cell does)"
+    ]
+
+
+MAP = (
+    "# Practical Assignment 5\n\n| part | where |\n|---|---|\n| Multi-head attention | [Part 5](#part-5) |\n"
+    "| Training loop | [Part 13](#part-13) |\n"
+)
+
+
+def test_map_link_to_missing_anchor_fails():
+    nb = grader_notebook(new_markdown_cell(MAP), new_markdown_cell('<a id="part-5"></a>\n## Part 5: Multi Head Attention'))
+    assert check_notebook.check_map(nb) == [
+        'cell 0 (markdown): link to #part-13 has no anchor <a id="part-13"></a> in any markdown cell'
+    ]
+    assert rule_failures(nb, "has no anchor") == check_notebook.check_map(nb)
+
+
+def test_map_links_with_anchors_pass():
+    nb = grader_notebook(
+        new_markdown_cell(MAP + "Written as `[text](#anchor)` links; <a href='#part-5'>Part 5</a> again."),
+        new_code_cell("x = 1", execution_count=1, outputs=[]),
+        new_markdown_cell('<a id="part-5"></a>\n\n## Part 5: Multi Head Attention'),
+        new_markdown_cell("## Part 13: Training Loop <a name='part-13'></a>"),
+    )
+    assert check_notebook.check_map(nb) == []
+    nb.cells[0].source += "\nSee also [the end](#the-end)."  # any internal link needs its anchor
+    assert check_notebook.check_map(nb) == [
+        'cell 0 (markdown): link to #the-end has no anchor <a id="the-end"></a> in any markdown cell'
+    ]
+
+
 # --- seed headings -----------------------------------------------------------------------------------------------------
 # The checker carries the seed's headings as a list; these tests keep the list in step with the seed text.
 
@@ -562,6 +665,20 @@ def test_cleaner_strips_run_metadata_and_keeps_outputs(tmp_path, nb):
     assert failures(cleaned) == []
 
 
+def test_cleaner_keeps_folding_metadata(tmp_path, nb):
+    cell = code_cells(nb)[2]
+    assert cell.metadata == {"tags": ["lib"], **FOLDED}
+    cell.metadata["jupyter"]["outputs_hidden"] = False
+    cell.metadata["collapsed"] = True
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert clean_notebook.main([str(path)]) == 0
+    cleaned = code_cells(nbformat.read(path, as_version=4))[2]
+    assert cleaned.metadata == {"tags": ["lib"], "cellView": "form",
+                                "jupyter": {"source_hidden": True, "outputs_hidden": False}}
+    assert check_notebook.check_folding(nbformat.read(path, as_version=4)) == []
+
+
 # --- renderer ----------------------------------------------------------------------------------------------------------
 
 
@@ -609,6 +726,48 @@ def test_render_failure_keeps_notebook_and_partial_run(render_env):
     assert KEY not in partial.metadata  # only a finished run is recorded
     assert partial.cells[2].outputs  # the cells before the failure ran
     assert any(o.output_type == "error" for o in code_cells(partial)[3].outputs)
+
+
+def test_cell_label():
+    cells = [
+        new_markdown_cell('<div align=center>\n\n# Practical Assignment 5\n\n</div>\n\n**Full Name**'),
+        new_code_cell("\n\nimport os\nPROFILE = 'cpu'"),
+        new_markdown_cell("## Part 5: Multi Head Attention\n\n```python\n# not a heading\n```\nText."),
+        new_code_cell('# @title Multi-head attention { display-mode: "form" }\nclass MultiHeadAttentionBlock:\n    ...'),
+        new_markdown_cell("A paragraph without a heading."),
+        new_code_cell("   \n" + "x = 'a long line of code' + " * 10),
+        new_markdown_cell("### **Fine-Tuning `TinyBERT`** <a id='lora'></a>\n<h4>Test <i>results</i></h4>"),
+        new_code_cell("#@title\nprint(1)"),
+        new_code_cell(""),
+    ]
+    labels = [render.cell_label(cells, i) for i in range(len(cells))]
+    assert labels[1] == "Practical Assignment 5 | import os"
+    assert labels[3] == "Part 5: Multi Head Attention | Multi-head attention"  # the form's title, without its params
+    assert len(labels[5]) <= 100 and labels[5].endswith("…")
+    assert labels[5].startswith("Part 5: Multi Head Attention | x = 'a long line of code' + x = ")
+    assert labels[7] == "Test results | #@title"  # a title without text: the line itself
+    assert labels[8] == "Test results"
+    assert render.last_heading(cells[6].source.splitlines()[0]) == "Fine-Tuning TinyBERT"
+    assert render.cell_label([new_code_cell("x = 1")], 0) == "x = 1"
+    assert render.cell_label(cells, 3, width=20) == "Part 5: Multi Head…"
+    assert render.elapsed(0) == "00:00" and render.elapsed(59.9) == "00:59" and render.elapsed(2725) == "45:25"
+    assert render.elapsed(3 * 3600 + 61) == "181:01"
+
+
+def test_render_progress_lines(monkeypatch, capsys):
+    nb = new_notebook(cells=[new_markdown_cell("## Part 13: Training Loop"), new_code_cell("train()"),
+                             new_code_cell("# @title Plot the curves\nplot()")])
+    clock = iter([1003.0, 1004.5, 1012.0, 1072.0])  # cell 1 starts, ends, cell 2 starts, ends
+    monkeypatch.setattr(render.time, "time", lambda: next(clock))
+    progress = render.Progress(nb, started=1000.0)
+    for index in (1, 2):
+        progress.on_cell_execute(cell=nb.cells[index], cell_index=index)
+        progress.on_cell_executed(cell=nb.cells[index], cell_index=index, execute_reply={})
+    assert capsys.readouterr().out.splitlines() == [
+        "render: [00:03] cell 1 (1/2) Part 13: Training Loop | train()",  # 1.5 s: no duration line
+        "render: [00:12] cell 2 (2/2) Part 13: Training Loop | Plot the curves",
+        "render: [01:12] cell 2 took 60 s",
+    ]
 
 
 # --- mirror ------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,14 @@ saved code cells'. And what a grader reads:
 * Conclusions: a "Conclusion" heading between "Section 1: Transformer" and "Section 2: BERT and
   LoRA" and one after "Part 3: Fine-Tuning TinyBERT with LoRA", each followed, before the next
   heading, by a code cell displaying Markdown (written from the run) of at least 300 characters.
+* Folded support code: a code cell answering one of the seed's TODOs is tagged `todo`; every other
+  code cell without outputs (the `parameters` cell excepted) is support code, folded in Colab and
+  Jupyter: its first line is `# @title <text>` and its metadata has `"cellView": "form"` and
+  `"jupyter": {"source_hidden": true}`. A `# @title` cell carries both keys; a `todo` cell is never
+  folded.
+* Grader's map: every internal link `[text](#anchor)` (or `<a href="#anchor">`) of the markdown, the
+  map's table at the top and any other, has an explicit HTML anchor `<a id="anchor"></a>` (or
+  `name=`) in a markdown cell: heading anchors differ between Jupyter, Colab and GitHub.
 * No table output shows a cell cut by pandas' `display.max_colwidth` (ending `...` or `…`).
 * No `warnings.filterwarnings("ignore")`/`simplefilter("ignore")` without category or message.
 * Markdown figures: a number written with a thousands separator or a decimal point (`76,423`,
@@ -353,6 +361,69 @@ def check_header(nb) -> list[str]:
     return [f"{where}: header before the first code cell lacks the seed's {missing} field(s)"]
 
 
+TITLE = re.compile(r"^#\s*@title\b(.*)$")  # Colab's form title: `# @title Text { display-mode: "form" }`
+TODO_TAG, PARAMETERS_TAG = "todo", "parameters"
+MAP_LINK = re.compile(r"\[[^\]]*\]\(\s*#([^)\s]+)\s*\)")
+HTML_LINK = re.compile(r"<a\b[^>]*?\bhref\s*=\s*([\"'])#(.*?)\1", re.IGNORECASE)
+HTML_ANCHOR = re.compile(r"<a\b[^>]*?\b(?:id|name)\s*=\s*([\"'])(.*?)\1[^>]*>", re.IGNORECASE)
+
+
+def form_title(source: str) -> str | None:
+    """The text of a `# @title` first line (None when the first line is no title), without Colab's `{...}` params."""
+    m = TITLE.match(source.split("\n", 1)[0].strip())
+    return None if m is None else re.sub(r"\{[^{}]*\}\s*$", "", m.group(1)).strip()
+
+
+FOLDING_KEYS = ('"cellView": "form"', '"jupyter": {"source_hidden": true}')  # Colab's, then Jupyter's
+
+
+def folding(cell) -> dict[str, bool]:
+    """Which of the folding metadata keys the cell has."""
+    hidden = (cell.metadata.get("jupyter") or {}).get("source_hidden") is True
+    return dict(zip(FOLDING_KEYS, (cell.metadata.get("cellView") == "form", hidden)))
+
+
+def check_folding(nb) -> list[str]:
+    """Support code folded (`# @title` line and both metadata keys), answers to the seed's TODOs (tag `todo`) open."""
+    failures = []
+    for i, cell in enumerate(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or PARAMETERS_TAG in tags or not cell.source.strip():
+            continue
+        where, title, keys = label(i, cell), form_title(cell.source), folding(cell)
+        missing = " and ".join(key for key, present in keys.items() if not present)
+        if TODO_TAG in tags:
+            folded = ["a `# @title` first line"] * (title is not None) + [key for key, present in keys.items() if present]
+            if folded:
+                failures.append(f"{where}: a `{TODO_TAG}` cell is folded ({', '.join(folded)}): an answer to the "
+                                "seed's TODOs stays open")
+        elif title is None and not cell.get("outputs"):
+            failures.append(f"{where}: support cell (no outputs, not tagged `{TODO_TAG}`) is not folded: make its first "
+                            f"line `# @title <what it does>`{f' and add {missing} to its metadata' if missing else ''}, "
+                            f"or tag it `{TODO_TAG}` if it answers a TODO of the seed")
+        if title is not None and TODO_TAG not in tags:
+            if not title:
+                failures.append(f"{where}: `# @title` without text (say what the folded cell does)")
+            if missing:
+                failures.append(f"{where}: `# @title` cell lacks {missing} in its metadata (folded in Colab and Jupyter)")
+    return failures
+
+
+def internal_links(source: str) -> list[str]:
+    """Anchors of a markdown cell's `[text](#anchor)` and `<a href="#anchor">` links, outside code."""
+    text = re.sub(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", " ", source, flags=re.MULTILINE | re.DOTALL)
+    text = re.sub(r"(`+)(?:(?!\1).)+?\1", " ", text, flags=re.DOTALL)
+    return list(dict.fromkeys(MAP_LINK.findall(text) + [m.group(2) for m in HTML_LINK.finditer(text)]))
+
+
+def check_map(nb) -> list[str]:
+    """Every internal link of the markdown (the grader's map and any other) has an explicit HTML anchor."""
+    anchors = {m.group(2) for cell in nb.cells if cell.cell_type == "markdown" for m in HTML_ANCHOR.finditer(cell.source)}
+    return [f'cell {i} (markdown): link to #{anchor} has no anchor <a id="{anchor}"></a> in any markdown cell'
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"
+            for anchor in internal_links(cell.source) if anchor not in anchors]
+
+
 def check(nb_or_path, *, seed: list[str] | None = None, max_bytes: int = MAX_BYTES) -> list[str]:
     """All failures of the notebook (a path or a NotebookNode); empty when it passes."""
     if isinstance(nb_or_path, (str, Path)):
@@ -377,6 +448,8 @@ def check(nb_or_path, *, seed: list[str] | None = None, max_bytes: int = MAX_BYT
     failures += check_run_summary(code)
     failures += check_headings(nb, SEED_HEADINGS if seed is None else seed)
     failures += check_header(nb)
+    failures += check_folding(nb)
+    failures += check_map(nb)
     failures += check_conclusions(nb)
     failures += check_markdown_figures(nb, code)
     failures += check_fingerprint(nb)

@@ -5,7 +5,8 @@
 Removes notebook- and cell-level `papermill` metadata, `execution` timing and `ExecuteTime`,
 saved widget state (`widgets`), the `collapsed`/`scrolled` UI state, and widget-view outputs
 (the mime bundle entry; an output left with nothing else is dropped). Keeps the render's record
-(`a5_render`, tools/render.py). Idempotent; writes with nbformat (indent 1, as Jupyter does).
+(`a5_render`, tools/render.py) and the metadata that folds support cells (`cellView`, `jupyter`:
+tools/check_notebook.py requires them). Idempotent; writes with nbformat (indent 1, as Jupyter does).
 `--check` changes nothing and exits 1 if it would.
 """
 
