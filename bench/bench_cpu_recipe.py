@@ -53,6 +53,7 @@ VARIANTS = {
     "tied_tokens2048_lr2e-3": {**PROBE, "batch_size": 128, "max_tokens": 2048, "lr": 2e-3, "warmup_steps": 150},
     "tied_lr1e-3_d256": {**PROBE, "d_model": 256, "d_ff": 1024},
     "tied_lr1e-3_dropout0": {**PROBE, "dropout": 0.0},
+    "reference_fused_attention": {"fused_attention": True},  # speed only (--timing-only): the opt-in switch
 }
 QUICK = {"max_pairs": 800, "seq_len": 32, "d_model": 32, "N": 1, "h": 2, "d_ff": 64}
 
@@ -62,13 +63,15 @@ def log(msg: str = "") -> None:
 
 
 def training_pairs_file(lib, folder: Path, max_pairs: int | None) -> tuple[Path, int]:
-    """The notebook's training side of the Bible stand-in (its validation split removed), as JSON lines."""
-    config = lib.get_config(datasource="bible", max_pairs=max_pairs, seed=SEED)
-    pairs = lib.load_translation_pairs(config, allow_downloads=False)
-    if max_pairs:
-        pairs = pairs[:max_pairs]
+    """The training side of the notebook's own split of the Bible stand-in (get_ds's steps: empty pairs and exact
+    duplicates removed, pairs longer than the `cpu` seq_len dropped, split by English sentence), as JSON lines."""
+    config = lib.get_config(**lib.TRANSLATION_PROFILES["cpu"], datasource="bible", seed=SEED,
+                            tokenizer_file=f"{folder}/tok-split-{{0}}.json")
+    pairs = lib.load_translation_pairs(config, allow_downloads=False)[:max_pairs]
     pairs = [p for p in pairs if p["translation"]["en"].strip() and p["translation"]["it"].strip()]
     pairs = list({(p["translation"]["en"], p["translation"]["it"]): p for p in pairs}.values())
+    tokenizers = [lib.build_tokenizer(config, pairs, lang) for lang in ("en", "it")]
+    pairs = lib.drop_long_pairs(pairs, *tokenizers, "en", "it", config["seq_len"])[0]
     train, _validation = lib.split_by_source(pairs, "en", config["val_fraction"], SEED)
     path = folder / "train_side.jsonl"
     with path.open("w", encoding="utf-8") as f:
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per variant")
     parser.add_argument("--steps-per-round", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--timing-only", action="store_true", help="phase 1 only: seconds per step of each variant")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves that the benchmark runs")
     parser.add_argument("--log", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK)
@@ -197,6 +201,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         configs = {name: variant_config(lib, name, VARIANTS[name], data, folder, args.quick) for name in names}
         log(f"# {n_train:,} training-side pairs; {DEV_FRACTION:.0%} of their English sentences form the development split")
         timing = time_steps(lib, configs, args.rounds, args.steps_per_round, warmup=2)
+        if args.timing_only:
+            table = [f"{'variant':<28} {'ms/step':>8} {'vs ref':>7}"] + [
+                f"{name:<28} {1e3 * t['s_per_step']:8.1f} {t['s_per_step'] / timing['reference']['s_per_step']:7.2f}"
+                for name, t in timing.items()]
+            for line in table:
+                log(line)
+            if args.log:
+                args.log.write_text("\n".join(lines + table) + "\n", encoding="utf-8")
+            return [{"variant": name, **t} for name, t in timing.items()]
         budget_s = args.budget * timing["reference"]["s_per_step"]
         log(f"# budget: {args.budget} reference steps = {budget_s:.0f} s at the measured speed")
         rows = []
