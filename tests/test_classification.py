@@ -218,6 +218,7 @@ def test_bootstrap_intervals_and_paired_difference(lib):
     scores = lib._resampled_scores(y_true, good, everything, 4)
     assert scores["f1_macro"][0] == pytest.approx(f1_score(y_true, good, average="macro"))
     assert scores["accuracy"][0] == pytest.approx(accuracy_score(y_true, good))
+    assert scores["f1_weighted"][0] == pytest.approx(f1_score(y_true, good, average="weighted"))
     intervals = lib.bootstrap_intervals(y_true, good, 4, seed=1)
     low, high = intervals["f1_macro"]
     assert low < f1_score(y_true, good, average="macro") < high and high - low < 0.15
@@ -225,6 +226,9 @@ def test_bootstrap_intervals_and_paired_difference(lib):
     assert low > 0 and diff == pytest.approx(f1_score(y_true, good, average="macro") - f1_score(y_true, bad, average="macro"))
     _, low, high = lib.paired_bootstrap_difference(y_true, good, good.copy(), 4, seed=1)
     assert low == high == 0.0  # the same predictions: no difference in any resample
+    for metric, score in (("accuracy", accuracy_score), ("f1_weighted", partial(f1_score, average="weighted"))):
+        diff, low, high = lib.paired_bootstrap_difference(y_true, good, bad, 4, seed=1, metric=metric)
+        assert low > 0 and diff == pytest.approx(score(y_true, good) - score(y_true, bad))
 
 
 def test_balanced_class_weights(lib):
@@ -263,15 +267,35 @@ def test_train_classifier_learns_a_separable_toy_task(lib):
     sampler = lib.LengthGroupedBatchSampler([len(item["input_ids"]) for item in items], 16, shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
     optimizer, scheduler = lib.make_optimizer(model, lr=3e-3, total_steps=6 * len(loader))
+    criterion = torch.nn.CrossEntropyLoss(weight=lib.balanced_class_weights([0, 1], 2))
     history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 6, torch.device("cpu"),
                                    lib.choose_precision("cpu"), show_progress=False,
-                                   class_weights=lib.balanced_class_weights([0, 1], 2))
+                                   criterion=criterion)
     assert len(history) == 6 and {"train_loss", "val_acc", "val_f1", "best", "epoch_time_s"} <= set(history[0])
     assert max(h["val_acc"] for h in history) > 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     best = max(history, key=lambda h: h["val_f1"])
     kept = lib.predict_classifier(model, loader, torch.device("cpu"), lib.choose_precision("cpu"))
     assert kept["accuracy"] == pytest.approx(best["val_acc"])  # the model holds the best epoch's weights
+
+
+def test_validation_loss_is_the_training_criterion(lib):
+    """Train and validation curves plot the same loss: a class-weighted criterion weighs validation too."""
+    torch.manual_seed(0)
+    config = lib.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = lib.BertForSequenceClassification(config)
+    items = [{"input_ids": torch.randint(3, 50, (6,)), "attention_mask": torch.ones(6, dtype=torch.long),
+              "labels": torch.tensor(int(i % 4 == 0))} for i in range(32)]  # a quarter in class 1
+    sampler = lib.LengthGroupedBatchSampler([6] * 32, 8, shuffle=True, seed=0)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.25, 4.0]))
+    optimizer, scheduler = lib.make_optimizer(model, lr=1e-3, total_steps=len(loader))
+    (record,) = lib.train_classifier(model, loader, loader, optimizer, scheduler, 1, torch.device("cpu"),
+                                     lib.choose_precision("cpu"), show_progress=False, criterion=criterion)
+    cpu, fp32 = torch.device("cpu"), lib.choose_precision("cpu")
+    assert record["val_loss"] == pytest.approx(lib.predict_classifier(model, loader, cpu, fp32, criterion)["loss"])
+    assert record["val_loss"] != pytest.approx(lib.predict_classifier(model, loader, cpu, fp32)["loss"], rel=1e-3)
 
 
 def test_train_classifier_stops_when_validation_stalls(lib):

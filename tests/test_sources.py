@@ -262,3 +262,14 @@ def test_complaints_file_uploaded_beside_the_notebook_is_found(lib, monkeypatch,
     complaints = lib.resolve_run_sources(None, False, False, data_dir=tmp_path / "data",
                                          embedded_complaints=tmp_path / "data" / beside.name)["complaints"]
     assert complaints.path == beside and complaints.standin
+
+
+def test_sources_say_why_a_stand_in_runs(lib, tmp_path):
+    """Switched off (ALLOW_DOWNLOADS=0) and unreachable read differently; an original needs no reason."""
+    switched_off = lib.resolve_run_sources(None, False, False, data_dir=tmp_path, allow_downloads=False)
+    assert {s.reason for s in switched_off.values()} == {"downloads switched off by ALLOW_DOWNLOADS=0"}
+    unreachable = lib.resolve_run_sources(None, False, False, data_dir=tmp_path, allow_downloads=True)
+    assert {s.reason for s in unreachable.values()} == {"the original's host was unreachable"}
+    online = lib.resolve_run_sources(str(FIXTURE_CSV), hub_online=True, drive_online=False, data_dir=tmp_path)
+    assert all(s.reason == "" for s in online.values())
+    assert lib.standin_reason(True, True) == "the download failed"

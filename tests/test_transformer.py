@@ -410,11 +410,13 @@ def test_repetition_loop_detection(lib, text, looping):
     assert lib.has_repetition_loop(text) is looping
 
 
-def test_ids_to_text_shows_unk_and_scoring_drops_it(lib, tokenizers):
+def test_ids_to_text_shows_unk_and_unk_share_counts_it(lib, tokenizers):
     _, tok, _ = tokenizers
     ids = [tok.token_to_id("[SOS]"), tok.token_to_id("[UNK]"), tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")]
-    assert lib.ids_to_text(tok, ids) == "[UNK]"
-    assert lib.without_unk(lib.ids_to_text(tok, ids)) == ""
+    assert lib.ids_to_text(tok, ids) == "[UNK]"  # shown, and scored, as the model wrote it
+    assert not hasattr(lib, "without_unk")  # no second form of the output: what is shown is what is scored
+    assert lib.unk_share([lib.ids_to_text(tok, ids)], tok) == 1.0  # a written [UNK] is one unknown token
+    assert lib.unk_share(["zzqx"], tok) == 1.0 and lib.unk_share([], tok) == 0.0
 
 
 def test_training_loss_on_logits_equals_loss_on_log_probabilities(lib):
@@ -506,18 +508,23 @@ def test_checkpoint_resume_is_exact(lib, tmp_path, precision):
     data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(120))
     chosen = lib.choose_precision("cpu", precision)  # fp16 runs the GPU's path: CPU autocast and a live GradScaler
     assert chosen.grad_scaler().is_enabled() == (precision == "fp16")
-    straight = lib.train_model(tiny_config(lib, tmp_path / "a", data), precision=chosen)
-    lib.train_model(tiny_config(lib, tmp_path / "b", data, num_epochs=1), precision=chosen)
+    straight = lib.train_model(tiny_config(lib, tmp_path / "a", data, log_every=2), precision=chosen)
+    lib.train_model(tiny_config(lib, tmp_path / "b", data, num_epochs=1, log_every=2), precision=chosen)
     checkpoint = torch.load(tmp_path / "b" / "weights" / "tmodel_00.pt", weights_only=False)
     assert {"model_state_dict", "optimizer_state_dict", "scaler_state_dict", "scheduler_state_dict", "rng_states",
             "epoch", "global_step"} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == len(straight["train_dataloader"])
-    resumed = lib.train_model(tiny_config(lib, tmp_path / "b", data, preload="latest"), precision=chosen)
+    resumed = lib.train_model(tiny_config(lib, tmp_path / "b", data, preload="latest", log_every=2), precision=chosen)
     assert resumed["val_dataloader"].dataset.src_texts == straight["val_dataloader"].dataset.src_texts
     for (name, a), (_, b) in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][1]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
+    # the logged training losses travel in the checkpoint: the resumed run has the first epoch's too
+    assert [step for step, _ in resumed["step_losses"]] == [step for step, _ in straight["step_losses"]]
+    assert len(straight["step_losses"]) == straight["history"][-1]["steps"] // 2  # log_every=2
+    assert [loss for _, loss in resumed["step_losses"]] == pytest.approx(
+        [loss for _, loss in straight["step_losses"]], rel=1e-5)
     assert not list((tmp_path / "b" / "weights").glob("*.tmp"))  # atomic writes leave nothing behind
     assert sorted(p.name for p in (tmp_path / "b" / "weights").glob("*.pt")) == ["tmodel_01.pt"]  # only the latest
 
