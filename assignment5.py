@@ -1200,8 +1200,10 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
-    "cpu": {"batch_size": 32, "num_epochs": 3, "lr": 5e-4, "warmup_steps": 300, "lr_decay": "cosine", "seq_len": 64,
-            "d_model": 192, "N": 2, "h": 4, "d_ff": 768, "min_frequency": 3},
+    # cpu: the recipe that learned most per CPU-minute in bench/bench_cpu_recipe.py (bench/README.md)
+    "cpu": {"batch_size": 32, "num_epochs": 4, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
+            "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
+            "d_ff": 768, "min_frequency": 5, "bleu_every": 0},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
               "d_ff": 64, "max_pairs": 600},
 }
@@ -1785,8 +1787,8 @@ BERT_MINI = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 
 CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA trains with its own batch size
     "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3, "bert": BERT_MINI,
              "bert_lr": 5e-4, "lora_batch_size": 32, "lora_epochs": 4},
-    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 15, "patience": 3, "bert": BERT_TINY,
-            "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 2},  # the whole cpu run fits in 45 minutes
+    "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 12, "patience": 2, "bert": BERT_TINY,
+            "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 2},  # the whole cpu run fits in 45 min
     "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1, "bert": BERT_TINY,
               "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 1},
 }
@@ -2248,29 +2250,23 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
 
 # %% [markdown]
 # The small BERT trains with AdamW (weight decay `0.01`). The classes are far from balanced (counts
-# above), so it trains twice, with a plain and a class-weighted `criterion` (`balanced_class_weights`),
-# and the validation split picks one; LoRA then uses the same choice. The kept model then meets the
-# test split once.
+# above), so `criterion` weighs each class by $n / (K \cdot n_c)$ (`balanced_class_weights`): every class
+# counts the same in the loss, as in macro-F1. LoRA uses the same `criterion`. The weights of the best
+# validation epoch then meet the test split once.
 
 # %% tags=["todo"]
+class_weights = balanced_class_weights(y_train, len(class_names))  # n / (K · n_c): each class weighs the same
+criterion = nn.CrossEntropyLoss(weight=class_weights)
+optimizer, scheduler = make_optimizer(small_bert, section2_sizes["bert_lr"], section2_sizes["epochs"] * len(train_loader))
 num_epochs = section2_sizes["epochs"]
-runs = {}
-for name, weights in (("small BERT, plain loss", None),
-                      ("small BERT, class-weighted loss", balanced_class_weights(y_train, len(class_names)))):
-    set_seed(SEED)
-    model = BertForSequenceClassification(bert_config)
-    criterion = nn.CrossEntropyLoss(weight=weights)
-    optimizer, scheduler = make_optimizer(model, section2_sizes["bert_lr"], num_epochs * len(train_loader))
-    history = train_classifier(model, train_loader, val_loader, optimizer, scheduler, num_epochs, DEVICE,
-                               RUN_PRECISION, show_progress=SHOW_PROGRESS, name=name, criterion=criterion,
-                               patience=section2_sizes["patience"])
-    runs[name] = {"model": model, "history": history, "weights": weights, "best": max(h["val_f1"] for h in history)}
-kept = max(runs, key=lambda name: runs[name]["best"])  # ties keep the plain loss, the first run
-small_bert, bert_history, class_weights = runs[kept]["model"], runs[kept]["history"], runs[kept]["weights"]
-best_epoch = max(bert_history, key=lambda h: h["val_f1"])["epoch"]
-print(f"kept: {kept} (best validation macro-F1 {runs[kept]['best']:.3f} after epoch {best_epoch})")
+set_seed(SEED)
+bert_history = train_classifier(small_bert, train_loader, val_loader, optimizer, scheduler, num_epochs, DEVICE,
+                                RUN_PRECISION, show_progress=SHOW_PROGRESS, name="small BERT", criterion=criterion,
+                                patience=section2_sizes["patience"])
+best = max(bert_history, key=lambda h: h["val_f1"])
+print(f"kept the weights of epoch {best['epoch']} (best validation macro-F1 {best['val_f1']:.3f})")
 small_bert.save_pretrained(REPO_ROOT / "weights" / "bert_small")
-plot_history({name: run["history"] for name, run in runs.items()})
+plot_history({"small BERT": bert_history})
 
 bert_test = predict_classifier(small_bert, test_loader, DEVICE, RUN_PRECISION)  # the test split, once
 print(f"small BERT on the {len(X_test):,} test complaints: accuracy {bert_test['accuracy']:.3f}, macro-F1 "
@@ -2392,7 +2388,7 @@ print(f"LoRA trains on {len(X_train):,} complaints (max_len {max_len}); {lora_st
 
 # Training configuration
 optimizer, scheduler = make_optimizer(lora_model, LORA_LR, lora_steps)  # AdamW; warm-up, then linear decay
-criterion = nn.CrossEntropyLoss(weight=class_weights)  # plain or class-weighted, as Part 2's validation chose
+criterion = nn.CrossEntropyLoss(weight=class_weights)  # class-weighted, as the small BERT's
 
 # %% [markdown]
 # <a id="s2-lora-train"></a>
@@ -2669,7 +2665,7 @@ plt.show()
 bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
 tokens_seen = sum(train_dataset.lengths) * len(bert_history)
 bert_flops = 6 * bert_compute_params * tokens_seen
-print(f"small BERT training compute here (the kept run) ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
+print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
       f"{tokens_seen:,} tokens ≈ {bert_flops:.1e} FLOPs "
       f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / bert_flops:.0e} times more)")
 weights_gb, training_gb = 405e9 * 2 / 1e9, 405e9 * 16 / 1e9

@@ -50,6 +50,7 @@ VARIANTS = {
     "tied_lr1e-3": PROBE,
     "tied_lr2e-3": {**PROBE, "lr": 2e-3},
     "tied_lr1e-3_minfreq5": {**PROBE, "min_frequency": 5},
+    "tied_lr2e-3_minfreq5": {**PROBE, "lr": 2e-3, "min_frequency": 5},  # the two winners together
     "tied_tokens2048_lr2e-3": {**PROBE, "batch_size": 128, "max_tokens": 2048, "lr": 2e-3, "warmup_steps": 150},
     "tied_lr1e-3_d256": {**PROBE, "d_model": 256, "d_ff": 1024},
     "tied_lr1e-3_dropout0": {**PROBE, "dropout": 0.0},
