@@ -1201,7 +1201,7 @@ TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
     # cpu: the recipe that learned most per CPU-minute in bench/bench_cpu_recipe.py (bench/README.md)
-    "cpu": {"batch_size": 32, "num_epochs": 4, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
+    "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
             "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
             "d_ff": 768, "min_frequency": 5, "bleu_every": 0},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
@@ -1788,7 +1788,7 @@ CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA tr
     "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3, "bert": BERT_MINI,
              "bert_lr": 5e-4, "lora_batch_size": 32, "lora_epochs": 4},
     "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 12, "patience": 2, "bert": BERT_TINY,
-            "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 2},  # the whole cpu run fits in 45 min
+            "bert_lr": 1e-3, "lora_batch_size": 8, "lora_epochs": 1},  # LoRA: bench/README.md; the run fits in 45 min
     "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1, "bert": BERT_TINY,
               "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 1},
 }
@@ -2344,18 +2344,20 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 
 
 # %% [markdown]
-# The LoRA settings (`LORA_HPARAMS`, `LORA_LR`, printed below) are the pick of
-# `bench/bench_lora_sweep.py`, which tries rank, target modules and learning rate on this validation
-# split (its log is in `bench/results/`). A `dense` target covers the attention output, both
-# feed-forward layers, and the pooler when the head reads `[CLS]`. With `TaskType.SEQ_CLS`, peft also
-# trains the new classification head.
+# The head reads what the base model was trained to give: the mean of the token vectors for a sentence
+# encoder that pools so (all-MiniLM-L6-v2's own pooling configuration says it does), `[CLS]` and the pooler
+# otherwise (bert-tiny); the line below names the class that loaded. The LoRA settings (`LORA_HPARAMS`,
+# `LORA_LR`, printed below) and the `cpu` profile's batch of 8 are the picks of `bench/bench_lora_sweep.py`
+# and `bench/bench_lora_recipe.py` on this validation split (logs and conclusions in `bench/`). A `dense`
+# target covers the attention output, both feed-forward layers, and the pooler when the head reads
+# `[CLS]`. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
 
 # %% tags=["todo"]
 set_seed(SEED)
 base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), ALLOW_DOWNLOADS, online=HUB_ONLINE)
 lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["LoRA base model"] = hub_source(lora_base_origin)  # what was loaded, may differ from the plan
-print(f"LoRA base model: {lora_base_origin}")
+print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}")
 lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
 
