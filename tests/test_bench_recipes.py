@@ -78,3 +78,10 @@ def test_lora_recipe_quick_run(lora_recipe, tmp_path):
     assert len(rows) == len(lora_recipe.CONFIGS) + 1  # stage 1, then the best configuration again
     assert all(0 <= r["f1_macro"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert rows[-1]["val_f1_by_epoch"] and "stage 2" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_lora_recipe_full_epoch_quick_run(lora_recipe):
+    rows = lora_recipe.main(["--quick", "--full-epoch"])
+    assert [r["batch"] for r in rows] == [batch for _, batch in lora_recipe.FULL_EPOCH]
+    assert all(len(r["val_f1_by_epoch"]) == 1 and 0 <= r["f1_macro"] <= 1 for r in rows)
