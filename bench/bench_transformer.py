@@ -2,7 +2,8 @@
 
 Training: useful (non-[PAD]) target tokens per second.
   seed: every item padded to seq_len=350, plain shuffled DataLoader, textbook attention (weights kept);
-  ours: length-grouped batches trimmed to their longest item, fused scaled_dot_product_attention.
+  ours: length-grouped batches trimmed to their longest item, fused scaled_dot_product_attention (the opt-in
+        `fused_attention` switch).
 Decoding: milliseconds per generated token.
   seed: `greedy_decode`, one sentence at a time, the source padded to seq_len, the whole prefix
         re-run through the decoder at every step;
@@ -42,6 +43,7 @@ def set_textbook_attention(model, on: bool) -> None:
     for module in model.modules():
         if hasattr(module, "store_attention_scores"):
             module.store_attention_scores = on
+            module.fused = not on  # ours: the notebook's opt-in fused kernel
 
 
 def train_tokens_per_second(lib, model, loader, steps: int, textbook: bool) -> float:
