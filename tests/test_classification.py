@@ -279,16 +279,22 @@ def test_train_classifier_learns_a_separable_toy_task(lib):
     assert kept["accuracy"] == pytest.approx(best["val_acc"])  # the model holds the best epoch's weights
 
 
-def test_validation_loss_is_the_training_criterion(lib):
-    """Train and validation curves plot the same loss: a class-weighted criterion weighs validation too."""
+def toy_classifier(lib, label_of):
+    """A one-layer BERT (seed 0) and a loader of 32 six-token items, item i labelled label_of(i)."""
     torch.manual_seed(0)
     config = lib.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32, max_position_embeddings=16, num_labels=2)
     model = lib.BertForSequenceClassification(config)
     items = [{"input_ids": torch.randint(3, 50, (6,)), "attention_mask": torch.ones(6, dtype=torch.long),
-              "labels": torch.tensor(int(i % 4 == 0))} for i in range(32)]  # a quarter in class 1
+              "labels": torch.tensor(int(label_of(i)))} for i in range(32)]
     sampler = lib.LengthGroupedBatchSampler([6] * 32, 8, shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    return model, loader
+
+
+def test_validation_loss_is_the_training_criterion(lib):
+    """Train and validation curves plot the same loss: a class-weighted criterion weighs validation too."""
+    model, loader = toy_classifier(lib, lambda i: i % 4 == 0)  # a quarter in class 1
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.25, 4.0]))
     optimizer, scheduler = lib.make_optimizer(model, lr=1e-3, total_steps=len(loader))
     (record,) = lib.train_classifier(model, loader, loader, optimizer, scheduler, 1, torch.device("cpu"),
@@ -299,14 +305,7 @@ def test_validation_loss_is_the_training_criterion(lib):
 
 
 def test_train_classifier_stops_when_validation_stalls(lib):
-    torch.manual_seed(0)
-    config = lib.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=32, max_position_embeddings=16, num_labels=2)
-    model = lib.BertForSequenceClassification(config)
-    items = [{"input_ids": torch.randint(3, 50, (6,)), "attention_mask": torch.ones(6, dtype=torch.long),
-              "labels": torch.tensor(i % 2)} for i in range(32)]  # random labels: nothing to learn
-    sampler = lib.LengthGroupedBatchSampler([6] * 32, 8, shuffle=True, seed=0)
-    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: lib.pad_to_longest(b, 0))
+    model, loader = toy_classifier(lib, lambda i: i % 2)  # random labels: nothing to learn
     optimizer, scheduler = lib.make_optimizer(model, lr=1e-3, total_steps=40 * len(loader))
     history = lib.train_classifier(model, loader, loader, optimizer, scheduler, 40, torch.device("cpu"),
                                    lib.choose_precision("cpu"), show_progress=False, patience=2)
