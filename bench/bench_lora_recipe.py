@@ -89,14 +89,10 @@ def run_config(lib, config: dict, loaders: tuple, num_labels: int, epochs: int, 
 
 
 def train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, name, class_weights) -> list[dict]:
-    """lib.train_classifier with the class-weighted loss, whichever keyword its current version takes."""
-    kwargs = {"show_progress": False, "name": name}
-    if "criterion" in lib.train_classifier.__code__.co_varnames:
-        kwargs["criterion"] = torch.nn.CrossEntropyLoss(weight=class_weights)
-    else:
-        kwargs["class_weights"] = class_weights
+    """lib.train_classifier with the class-weighted criterion the notebook uses."""
     return lib.train_classifier(model, train_loader, val_loader, optimizer, scheduler, epochs, torch.device("cpu"),
-                                lib.choose_precision("cpu", "fp32"), **kwargs)
+                                lib.choose_precision("cpu", "fp32"), show_progress=False, name=name,
+                                criterion=torch.nn.CrossEntropyLoss(weight=class_weights))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
