@@ -65,7 +65,7 @@
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
 # | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences (training run) |
 # | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations, BLEU/chrF (training run) |
-# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` | [Part 13](#s1-p13) | – |
+# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
 # | `1.2` load the data | [`1.2`](#s2-1-2) | rows read |
@@ -74,10 +74,10 @@
 # | `1.4` label encoding, text preprocessing | [`1.4`](#s2-1-4) | class numbering; a complaint before and after cleaning |
 # | `1.5` `ComplaintDataset`; split, tokenizer, loaders | [`1.5`](#s2-1-5) | split sizes, a batch's shapes, token lengths |
 # | Part 2: the model | [Part 2](#s2-part2) | parameter count |
-# | Part 2: training loop, test evaluation | [Training and test evaluation](#s2-training) | a line per epoch; curves; test accuracy and macro-F1 |
+# | Part 2: training loop, test evaluation | [Training and test evaluation](#s2-training) (the loop: `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1 |
 # | Part 3: TinyBERT, `LoraConfig` | [Fine-Tuning TinyBERT](#s2-lora-load) | the base model; the LoRA settings |
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
-# | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
+# | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
 
 # %% tags=["parameters"]
 import os
@@ -1019,7 +1019,8 @@ class BilingualDataset(Dataset):
 
 # %% tags=["lib", "todo"]
 @torch.no_grad()
-def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk: bool = True):
+def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk: bool = True,
+                  repeat_guard: int = 0):
     sos_idx = tokenizer_tgt.token_to_id("[SOS]")
     eos_idx = tokenizer_tgt.token_to_id("[EOS]")
     encoder_output = model.encode(source, source_mask)
@@ -1027,8 +1028,10 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
     while decoder_input.size(1) < max_len:
         out = model.decode(encoder_output, source_mask, decoder_input, casual_mask(decoder_input.size(1), device))
         log_probs = model.project(out[:, -1])
+        banned_idx = None
         if not allow_unk:  # the decoder's choice: the best word the vocabulary has instead of [UNK]
-            log_probs[:, tokenizer_tgt.token_to_id("[UNK]")] = float("-inf")
+            banned_idx = tokenizer_tgt.token_to_id("[UNK]")
+        forbid(log_probs, decoder_input, banned_idx, repeat_guard)
         next_word = log_probs.argmax(dim=1, keepdim=True)
         decoder_input = torch.cat([decoder_input, next_word.to(source.dtype)], dim=1)
         if next_word.item() == eos_idx:
@@ -1048,9 +1051,10 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # @title Batched decoding: KV-cached beam search (one beam = greedy), translate, text helpers
 @torch.no_grad()
 def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: int, pad_idx: int, max_len: int,
-                             beam_size: int = 4, length_penalty: float = 0.6, banned_idx: int | None = None) -> torch.Tensor:
+                             beam_size: int = 4, length_penalty: float = 0.6, banned_idx: int | None = None,
+                             repeat_guard: int = 0) -> torch.Tensor:
     """Each sentence's best hypothesis ([SOS] first, [PAD] after [EOS]); all beams advance together, cached.
-    `banned_idx`: a token id no hypothesis writes (e.g. [UNK])."""
+    `banned_idx` and `repeat_guard`: what `forbid` keeps every hypothesis from writing."""
     batch, k = source.size(0), beam_size
     encoder_output = model.encode(source, source_mask).repeat_interleave(k, dim=0)
     source_mask = source_mask.repeat_interleave(k, dim=0)
@@ -1065,8 +1069,7 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
         out = model.decode(encoder_output, source_mask, tokens[:, -1:], None, cache=cache, start=step)
         log_probs = model.project(out[:, -1]).float()  # (batch * k, vocab)
         vocab = log_probs.size(-1)
-        if banned_idx is not None:
-            log_probs[:, banned_idx] = float("-inf")
+        forbid(log_probs, tokens, banned_idx, repeat_guard)
         log_probs[:, pad_idx] = float("-inf")  # a live hypothesis never writes [PAD] ...
         log_probs[finished] = float("-inf")
         log_probs[finished, pad_idx] = 0.0  # ... and an ended one writes only [PAD], at no cost, keeping its place
@@ -1084,6 +1087,20 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
     normalised = scores.view(-1) / ((5 + lengths.float()) / 6) ** length_penalty  # GNMT's length penalty
     best = normalised.view(batch, k).argmax(dim=-1) + first_row.view(-1)
     return tokens.index_select(0, best)
+
+
+def forbid(log_probs: torch.Tensor, tokens: torch.Tensor, banned_idx: int | None = None, repeat_guard: int = 0) -> None:
+    """In place, for the next token of each row of `tokens`: `banned_idx` (e.g. [UNK]) never, and with
+    `repeat_guard` = m no third copy in a row of an n-gram, n <= m ("e per e per e per" stops after "e per e per")."""
+    if banned_idx is not None:
+        log_probs[:, banned_idx] = float("-inf")
+    for n in range(1, repeat_guard + 1):
+        span = 3 * n - 1  # two copies, then the first n - 1 tokens of a third
+        if tokens.size(1) < span:
+            break
+        tail = tokens[:, -span:]
+        repeating = (tail[:, n:] == tail[:, :-n]).all(dim=1).nonzero().squeeze(1)
+        log_probs[repeating, tokens[repeating, -n]] = float("-inf")  # the token that would complete the third copy
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
@@ -1118,9 +1135,11 @@ def encode_sources(sentences: list[str], tokenizer_src: Tokenizer, max_len: int,
 
 
 def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
-              device, beam_size: int = 1, batch_size: int = 64, allow_unk: bool = True) -> list[str]:
+              device, beam_size: int = 1, batch_size: int = 64, allow_unk: bool = True,
+              repeat_guard: int = 0) -> list[str]:
     """Raw source sentences -> translations (greedy when beam_size == 1), in batches of similar length. [UNK] is
-    shown when the model writes it; `allow_unk=False` makes the decoder write the best known word instead."""
+    shown when the model writes it; `allow_unk=False` makes the decoder write the best known word instead;
+    `repeat_guard` is `forbid`'s."""
     model.eval()
     banned_idx = None
     if not allow_unk:
@@ -1132,17 +1151,21 @@ def translate(model, sentences: list[str], tokenizer_src: Tokenizer, tokenizer_t
         chunk = order[start : start + step]
         source, source_mask = encode_sources([sentences[i] for i in chunk], tokenizer_src, max_len, device)
         outputs = beam_search_decode_batch(model, source, source_mask, *special_ids(tokenizer_tgt), max_len, beam_size,
-                                           banned_idx=banned_idx)
+                                           banned_idx=banned_idx, repeat_guard=repeat_guard)
         for i, ids in zip(chunk, outputs.tolist()):
             results[i] = ids_to_text(tokenizer_tgt, ids)
     return results
 
 
-def unk_share(texts: list[str], tokenizer: Tokenizer) -> float:
-    """Share of the tokens of `texts` that the tokenizer maps to [UNK] (a written "[UNK]" counts as one)."""
+def unk_share(texts: list[str], tokenizer: Tokenizer, written_only: bool = False) -> float:
+    """Share of the tokens of `texts` that the tokenizer maps to [UNK] (a written "[UNK]" counts as one); with
+    `written_only`, only the "[UNK]"s written in the text count (what a decoder wrote, not words outside the
+    vocabulary that its words form once detokenized)."""
     unk, unknown, total = tokenizer.token_to_id("[UNK]"), 0, 0
-    for encoding in tokenizer.encode_batch(texts):
-        unknown += encoding.ids.count(unk)
+    for text, encoding in zip(texts, tokenizer.encode_batch(texts)):
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets):
+            if token_id == unk and (not written_only or text[start:end] == "[UNK]"):
+                unknown += 1
         total += len(encoding.ids)
     return unknown / max(total, 1)
 
@@ -1150,7 +1173,8 @@ def unk_share(texts: list[str], tokenizer: Tokenizer) -> float:
 # %% tags=["lib", "todo"]
 @torch.no_grad()
 def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, device, print_msg,
-                   global_state, writer, num_examples=2, batch_size: int = 64, allow_unk: bool = True) -> dict:
+                   global_state, writer, num_examples=2, batch_size: int = 64, allow_unk: bool = True,
+                   repeat_guard: int = 0) -> dict:
     model.eval()
     dataset = validation_ds.dataset
     for count in range(min(num_examples, len(dataset))):
@@ -1159,7 +1183,7 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
         encoder_mask = item["encoder_mask"].unsqueeze(0).to(device)  # (1, 1, 1, seq_len)
         assert encoder_input.size(0) == 1, "Batch size must be 1 for validation"
         model_out = greedy_decode(model, encoder_input, encoder_mask, tokenizer_src, tokenizer_tgt, max_len, device,
-                                  allow_unk)
+                                  allow_unk, repeat_guard)
         print_msg("-" * 80)
         print_msg(f"{'SOURCE: ':>12}{item['src_text']}")
         print_msg(f"{'TARGET: ':>12}{item['tgt_text']}")
@@ -1169,8 +1193,8 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 
     started = time.perf_counter()
     predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
-                          allow_unk=allow_unk)
-    seconds, expected = time.perf_counter() - started, dataset.tgt_texts  # scored as written, [UNK] included
+                          allow_unk=allow_unk, repeat_guard=repeat_guard)
+    seconds, expected = time.perf_counter() - started, dataset.tgt_texts  # scored as written, any [UNK] included
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
     print_msg(f"Validation on {len(expected):,} sentences: BLEU {bleu_score.score:.2f} [{bleu.get_signature()}]  "
@@ -1202,10 +1226,13 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 # `get_config()` returns the defaults (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
 # opus_books en→it); keyword arguments override keys, and an unknown key is an error.
 # `TRANSLATION_PROFILES` holds each profile's overrides: the paper's model for a GPU (`full`:
-# batches of up to 2,048 padded tokens, warm-up and cosine decay, Adam β2 0.98); for two CPU cores (`cpu`) a
-# 2-layer, 192-wide model with a tied target embedding, a higher peak learning rate, `min_frequency` 5 and
-# BLEU scored after the last epoch only, the recipe of `bench/bench_cpu_recipe.py`; a tiny one for CI
-# (`smoke`). The training run prints the settings it uses.
+# batches of up to 2,048 padded tokens, warm-up and cosine decay, Adam β2 0.98); for a machine without a
+# GPU (`cpu`, sized so that the whole notebook runs in about 45 minutes on two cores) a 2-layer, 192-wide
+# model with a tied target embedding, a higher peak learning rate, no dropout and `min_frequency` 5, whose
+# decoders write no `[UNK]` and no third copy in a row of an n-gram of up to 4 tokens (`repeat_guard`),
+# with BLEU scored after the last epoch only: the choices of `bench/bench_cpu_recipe.py` and
+# `bench/bench_cpu_horizon.py`; a tiny one for CI (`smoke`). The training run prints the model's
+# settings and the profile's.
 
 # %% tags=["lib", "todo"]
 def get_config(**overrides) -> dict:
@@ -1242,6 +1269,7 @@ def get_config(**overrides) -> dict:
         "num_examples": 2,  # validation sentences printed after the last epoch
         "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
         "allow_unk": True,  # decoding may write [UNK]; False: the decoder writes the best known word instead
+        "repeat_guard": 0,  # > 0: decoding never writes a third copy in a row of an n-gram, n <= repeat_guard
         "bleu_every": 1,  # whole-split BLEU/chrF every k epochs (and after the last); 0 = after the last only
         "log_every": 50,  # optimizer steps between two logged training losses (the loss curve's points)
         "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
@@ -1261,10 +1289,12 @@ TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
     # cpu: tied embedding, beta2 0.98 and lr 2e-3 led at equal CPU time in bench/bench_cpu_recipe.py, and
-    # min_frequency 5 makes a step 19% cheaper (bench/README.md)
+    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK] and the repeat guard led on the
+    # development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
     "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
             "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
-            "d_ff": 768, "min_frequency": 5, "bleu_every": 0},
+            "d_ff": 768, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4,
+            "bleu_every": 0},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
               "d_ff": 64, "max_pairs": 600},
 }
@@ -1496,7 +1526,7 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
         with precision.autocast():
             return run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"], device,
                                   tqdm.write, global_step, writer, num_examples, config["eval_batch_size"],
-                                  config["allow_unk"])
+                                  config["allow_unk"], config["repeat_guard"])
 
     validation = None
     for epoch in range(initial_epoch, config["num_epochs"]):  # 9. the training loop
@@ -1581,7 +1611,8 @@ translation_config = get_config(
     model_folder=f"weights/transformer-{PROFILE}", experiment_name=f"runs/transformer-{PROFILE}",
     tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json", preload="latest")
 print("Translation data:", RUN_INFO["sources"]["translation pairs"])
-shown = ["d_model", "N", "h", "d_ff", "dropout", "seq_len", "min_frequency", "allow_unk", *TRANSLATION_PROFILES[PROFILE]]
+shown = ["d_model", "N", "h", "d_ff", "dropout", "seq_len", "min_frequency", "allow_unk", "repeat_guard",
+         *TRANSLATION_PROFILES[PROFILE]]
 print({key: translation_config[key] for key in dict.fromkeys(shown)})  # the model and the profile's settings
 
 # %%
@@ -1601,7 +1632,7 @@ RUN_INFO["models"]["Transformer en→it"] = (
 #
 # Left: the training loss, averaged over each `log_every` optimizer steps, and the validation loss
 # after each epoch (both label-smoothed cross-entropy per target token, so neither can reach 0; the
-# training loss is measured with dropout on). Right: the greedy BLEU/chrF of the whole validation
+# training loss is measured in training mode, with the profile's dropout). Right: the greedy BLEU/chrF of the whole validation
 # split, scored every `bleu_every` epochs and after the last (the `cpu` profile scores after the last only).
 
 # %%
@@ -1628,10 +1659,12 @@ display(history.round(3))
 #
 # ### Greedy vs beam search
 #
-# Greedy output comes from the last `run_validation`; the beam of 4 is decoded here, and sacreBLEU's
-# paired bootstrap (`n_samples=1000`) says whether the two differ beyond chance. The tables add
-# repetition loops (an n-gram of up to 4 words three times in a row), the share of `[UNK]` tokens in
-# the outputs and in the references, BLEU by source length and a few sentences.
+# Greedy output comes from the last `run_validation`; the beam of 4 is decoded here with the same
+# `allow_unk` and `repeat_guard`, and sacreBLEU's paired bootstrap (`n_samples=1000`) says whether the
+# two differ beyond chance. The tables add repetition loops (an n-gram of up to 4 words or punctuation
+# marks three times in a row, counted on the detokenized text, so even guarded outputs can show some),
+# the share of `[UNK]` that each decoder wrote and of the reference words outside the vocabulary, BLEU
+# by source length and a few sentences.
 
 # %%
 val_pairs = result["val_dataloader"].dataset
@@ -1640,7 +1673,8 @@ started = time.perf_counter()
 with RUN_PRECISION.autocast():
     beam_texts = translate(translator, val_pairs.src_texts, result["tokenizer_src"], tokenizer_tgt,
                            translation_config["seq_len"], DEVICE, beam_size=4,
-                           batch_size=translation_config["eval_batch_size"], allow_unk=translation_config["allow_unk"])
+                           batch_size=translation_config["eval_batch_size"], allow_unk=translation_config["allow_unk"],
+                           repeat_guard=translation_config["repeat_guard"])
 decoders = {"greedy": (result["validation"]["predicted"], result["validation"]["seconds"]),  # from run_validation
             "beam (4)": (beam_texts, time.perf_counter() - started)}
 outputs = {name: texts for name, (texts, _) in decoders.items()}
@@ -1654,7 +1688,7 @@ def decoding_row(i: int, texts: list[str], seconds: float) -> dict:
     """Scores (with sacreBLEU's 95% half-width), loops, [UNK] share and speed of one decoder."""
     return {"BLEU": bleu[i].score, "BLEU 95% ±": bleu[i].ci, "chrF": chrf[i].score, "chrF 95% ±": chrf[i].ci,
             "outputs in a loop (%)": 100 * np.mean([has_repetition_loop(text) for text in texts]),
-            "[UNK] share of tokens (%)": 100 * unk_share(texts, tokenizer_tgt),
+            "[UNK] share of tokens (%)": 100 * unk_share(texts, tokenizer_tgt, written_only=True),
             "decode time (s)": seconds, "sentences / s": len(texts) / seconds}
 
 
@@ -1711,7 +1745,7 @@ for name, beam_size in (("greedy", 1), ("beam (4)", 4)):
     with RUN_PRECISION.autocast():
         tried[name] = translate(translator, MY_SENTENCES, result["tokenizer_src"], result["tokenizer_tgt"],
                                 translation_config["seq_len"], DEVICE, beam_size=beam_size,
-                                allow_unk=translation_config["allow_unk"])
+                                allow_unk=translation_config["allow_unk"], repeat_guard=translation_config["repeat_guard"])
 with pd.option_context("display.max_colwidth", None):
     display(pd.DataFrame({"your sentence": MY_SENTENCES, **tried}).style.set_properties(
         **{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
@@ -1730,12 +1764,13 @@ with pd.option_context("display.max_colwidth", None):
 # @title Attention weights of one translation (attention_maps)
 @torch.no_grad()
 def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
-                   device, layer: int = -1, allow_unk: bool = True) -> dict:
+                   device, layer: int = -1, allow_unk: bool = True, repeat_guard: int = 0) -> dict:
     """Encoder self-attention and decoder cross-attention of `layer`, averaged over heads. Row t of the cross
     attention is the query that writes output word t, so its label is that word (`written`)."""
     model.eval()
     source, source_mask = encode_sources([sentence], tokenizer_src, max_len, device)
-    output = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk)
+    output = greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk,
+                           repeat_guard)
     decoder_input, written = output[:-1].unsqueeze(0), output[1:]  # the input at step t writes output t + 1
     blocks = [model.encoder.layers[layer].self_attention_block, model.decoder.layers[layer].cross_attention_block]
     for block in blocks:
@@ -1751,7 +1786,8 @@ def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt
 
 # %%
 maps = attention_maps(translator, val_pairs.src_texts[sample_idx[0]], result["tokenizer_src"], result["tokenizer_tgt"],
-                      translation_config["seq_len"], DEVICE, allow_unk=translation_config["allow_unk"])
+                      translation_config["seq_len"], DEVICE, allow_unk=translation_config["allow_unk"],
+                      repeat_guard=translation_config["repeat_guard"])
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
 for ax, matrix, rows, title, ylabel in (
         (axes[0], maps["encoder_self"], maps["src_tokens"], "Encoder self-attention", "source token (query)"),
@@ -1790,9 +1826,12 @@ else:
     change = history["val_loss"].iloc[-1] - history["val_loss"].iloc[-2]
     curve_phrase = f"{history['val_loss'].iloc[-1]:.3f}, {'down' if change < 0 else 'up'} {abs(change):.3f} in the last epoch"
 if translation_config["allow_unk"]:
-    unk_sentence = f"The model writes `[UNK]` for {greedy_row['[UNK] share of tokens (%)']:.1f}% of its greedy tokens; "
+    decoder_sentence = f"The model writes `[UNK]` for {greedy_row['[UNK] share of tokens (%)']:.1f}% of its greedy tokens; "
 else:
-    unk_sentence = "The decoders never write `[UNK]` (`allow_unk` is off: the most probable known word instead); "
+    decoder_sentence = "The decoders never write `[UNK]` (`allow_unk` is off: the most probable known word instead); "
+if translation_config["repeat_guard"]:
+    decoder_sentence = (f"Neither decoder writes a third copy in a row of an n-gram of up to "
+                    f"{translation_config['repeat_guard']} tokens (`repeat_guard`). {decoder_sentence}")
 table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row['chrF']:.2f} | "
               f"{row['outputs in a loop (%)']:.1f}% | {row['[UNK] share of tokens (%)']:.1f}% |"
               for name, row in decoding.iterrows()]
@@ -1805,7 +1844,7 @@ display(Markdown("\n".join([
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
     f"{history['train_seconds'].sum() / 60:.1f} min on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
     f"of {curve_phrase}. Greedy BLEU is {by_length['greedy'].iloc[0]:.2f} for sources of {by_length.index[0]} words "
-    f"and {by_length['greedy'].iloc[-1]:.2f} for {by_length.index[-1]} words. {unk_sentence}{reference_unk:.1f}% of "
+    f"and {by_length['greedy'].iloc[-1]:.2f} for {by_length.index[-1]} words. {decoder_sentence}{reference_unk:.1f}% of "
     f"the reference tokens are `[UNK]`, words that the target vocabulary of {tokenizer_tgt.get_vocab_size():,} entries "
     "does not hold."])))
 

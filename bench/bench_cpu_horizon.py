@@ -9,6 +9,8 @@ split the notebook reports is never touched), then scores on that development sp
 - greedy decoding, as run_validation does (the decoder may write [UNK]);
 - greedy decoding with [UNK] banned (translate(..., allow_unk=False): the best known word instead);
 - beam search (4), with and without [UNK];
+- both with the repeat guard (translate(..., repeat_guard=4): never a third copy in a row of an n-gram of
+  up to 4 tokens, the repetition loops that the notebook counts);
 - greedy decoding of the mean of the last two epochs' weights (checkpoint averaging).
 
 Each row: sacreBLEU BLEU and chrF, the share of outputs that loop and of tokens that are [UNK]; the rows
@@ -17,6 +19,8 @@ a few config keys (VARIANTS); run two at once with --threads 1 each to compare t
 
     python bench/bench_cpu_horizon.py --variant cpu --threads 1 --log bench/results/cpu_horizon_cpu.txt
     python bench/bench_cpu_horizon.py --variant dropout0 --threads 1 --log bench/results/cpu_horizon_dropout0.txt
+    python bench/bench_cpu_horizon.py --variant dropout0 --threads 1 --workdir /tmp/d0   # keeps the model: a
+                                                # second run with the same --workdir only decodes
     python bench/bench_cpu_horizon.py --quick        # tiny sizes: proves that it runs
 """
 from __future__ import annotations
@@ -40,20 +44,22 @@ from bench_cpu_recipe import DEV_FRACTION, QUICK, SEED, training_pairs_file  # n
 from nblib import NOTEBOOK, load_lib_cells  # noqa: E402
 from sacrebleu.significance import PairedTest  # noqa: E402
 
-VARIANTS = {
-    "cpu": {},  # the `cpu` profile as it is
-    "dropout0": {"dropout": 0.0},  # the run under-fits (training loss with dropout about the validation loss)
+VARIANTS = {  # the `cpu` profile's training recipe with ...
+    "cpu": {"dropout": 0.1},  # ... dropout 0.1, the profile before this benchmark
+    "dropout0": {"dropout": 0.0},  # ... no dropout: the run under-fits (training loss with dropout ~ validation loss)
 }
+PLAIN_DECODING = {"allow_unk": True, "repeat_guard": 0}  # the "greedy" row: the decoder as the seed has it
 
 
 def horizon_config(lib, name: str, epochs: int, data: Path, folder: Path, quick: bool) -> dict:
-    recipe = {**lib.TRANSLATION_PROFILES["cpu"], **VARIANTS[name], "num_epochs": epochs, "bleu_every": 0}
+    recipe = {**lib.TRANSLATION_PROFILES["cpu"], **VARIANTS[name], **PLAIN_DECODING, "num_epochs": epochs,
+              "bleu_every": 0}
     if quick:
         recipe = {**recipe, **QUICK}
         recipe.pop("max_pairs")
     return lib.get_config(**recipe, datasource=str(data), val_fraction=DEV_FRACTION, seed=SEED, num_examples=0, show_progress=False, keep_every_checkpoint=True,
                           model_folder=f"{folder}/{name}", experiment_name=f"{folder}/runs/{name}",
-                          tokenizer_file=f"{folder}/tok-{{0}}.json", preload=None)
+                          tokenizer_file=f"{folder}/tok-{{0}}.json", preload="latest")
 
 
 def averaged_model(lib, config: dict, model, epochs: list[int]):
@@ -75,7 +81,7 @@ def score_rows(outputs: dict[str, list[str]], references: list[str], lib, tokeni
         loops = sum(lib.has_repetition_loop(text) for text in texts) / len(texts)
         rows.append({"decoder": name, "bleu": bleu[i].score, "chrf": chrf[i].score, "p_bleu": bleu[i].p_value,
                      "p_chrf": chrf[i].p_value, "loops_pct": 100 * loops,
-                     "unk_pct": 100 * lib.unk_share(texts, tokenizer_tgt)})
+                     "unk_pct": 100 * lib.unk_share(texts, tokenizer_tgt, written_only=True)})
     return rows
 
 
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variant", default="cpu", choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, default=None, help="default: the `cpu` profile's num_epochs")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep data, tokenizers and checkpoints here (default: a temporary folder); a run that "
+                             "finds the last epoch's checkpoint there decodes without training")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves that the benchmark runs")
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK)
@@ -110,6 +119,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(line, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.workdir:  # kept: a second run with the same workdir reloads the trained model and only decodes
+            folder = args.workdir
+            folder.mkdir(parents=True, exist_ok=True)
         max_pairs = None
         if args.quick:
             max_pairs = QUICK["max_pairs"]
@@ -121,12 +133,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model, dev = result["model"], result["val_dataloader"].dataset
         tokenizers = (result["tokenizer_src"], result["tokenizer_tgt"])
 
-        def decode(decoder, beam_size: int = 1, allow_unk: bool = True) -> list[str]:
+        def decode(decoder, beam_size: int = 1, allow_unk: bool = True, repeat_guard: int = 0) -> list[str]:
             return lib.translate(decoder, dev.src_texts, *tokenizers, config["seq_len"], "cpu", beam_size=beam_size,
-                                 batch_size=config["eval_batch_size"], allow_unk=allow_unk)
+                                 batch_size=config["eval_batch_size"], allow_unk=allow_unk, repeat_guard=repeat_guard)
 
         outputs = {"greedy": result["validation"]["predicted"], "greedy, [UNK] banned": decode(model, allow_unk=False),
-                   "beam 4": decode(model, 4), "beam 4, [UNK] banned": decode(model, 4, allow_unk=False)}
+                   "beam 4": decode(model, 4), "beam 4, [UNK] banned": decode(model, 4, allow_unk=False),
+                   "greedy, repeat guard 4": decode(model, repeat_guard=4),
+                   "greedy, [UNK] banned, repeat guard 4": decode(model, allow_unk=False, repeat_guard=4),
+                   "beam 4, [UNK] banned, repeat guard 4": decode(model, 4, allow_unk=False, repeat_guard=4)}
         last_two = averaged_model(lib, config, model, [epochs - 2, epochs - 1])
         outputs["greedy, last 2 epochs averaged"] = decode(last_two)
         outputs["greedy, last 2 averaged, [UNK] banned"] = decode(last_two, allow_unk=False)
@@ -135,9 +150,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines.append(f"# {n_train:,} training-side pairs; {len(dev):,} development pairs; {train_s:.0f} s; "
                  f"dev loss by epoch {[round(h['val_loss'], 3) for h in history]}; "
                  f"train loss by epoch {[round(h['train_loss'], 3) for h in history]}")
-    table = [f"{'decoder':<40} {'BLEU':>6} {'chrF':>6} {'p BLEU':>7} {'p chrF':>7} {'loops%':>6} {'[UNK]%':>6}"]
+    table = [f"{'decoder':<42} {'BLEU':>6} {'chrF':>6} {'p BLEU':>7} {'p chrF':>7} {'loops%':>6} {'[UNK]%':>6}"]
     for row in rows:
-        table.append(f"{row['decoder']:<40} {row['bleu']:6.2f} {row['chrf']:6.2f} {p_value(row['p_bleu']):>7} "
+        table.append(f"{row['decoder']:<42} {row['bleu']:6.2f} {row['chrf']:6.2f} {p_value(row['p_bleu']):>7} "
                      f"{p_value(row['p_chrf']):>7} "
                      f"{row['loops_pct']:6.1f} {row['unk_pct']:6.1f}")
     for line in [lines[-1], *table]:

@@ -85,3 +85,26 @@ def test_lora_recipe_full_epoch_quick_run(lora_recipe):
     rows = lora_recipe.main(["--quick", "--full-epoch"])
     assert [r["batch"] for r in rows] == [batch for _, batch in lora_recipe.FULL_EPOCH]
     assert all(len(r["val_f1_by_epoch"]) == 1 and 0 <= r["f1_macro"] <= 1 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def cpu_horizon():
+    return load_bench("bench_cpu_horizon", "bench_cpu_horizon_under_test")
+
+
+def test_cpu_horizon_quick_run(cpu_horizon, tmp_path):
+    """The whole schedule, then every decoder on the development split: plain greedy first, the others against it."""
+    log = tmp_path / "log.txt"
+    rows = cpu_horizon.main(["--quick", "--log", str(log)])
+    assert [r["decoder"] for r in rows][0] == "greedy" and len(rows) == 9
+    assert rows[0]["p_bleu"] is None and all(r["p_bleu"] is not None for r in rows[1:])
+    assert all(0 <= r["bleu"] <= 100 and 0 <= r["chrf"] <= 100 for r in rows)
+    banned = [r for r in rows if "banned" in r["decoder"]]
+    assert banned and all(r["unk_pct"] == 0 for r in banned)  # the ban leaves no written [UNK]
+    assert "dev loss by epoch" in log.read_text()
+
+
+def test_lora_recipe_full_epoch_sets(lora_recipe):
+    assert lora_recipe.FULL_EPOCH_SETS["batch"] == lora_recipe.FULL_EPOCH
+    for name, runs in lora_recipe.FULL_EPOCH_SETS.items():
+        assert runs and all(batch > 0 and config["pooling"] == "mean" for config, batch in runs), name

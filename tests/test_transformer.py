@@ -419,6 +419,37 @@ def test_decoders_can_ban_unk(lib):
     assert banned_greedy[: len(greedy)].tolist() == greedy.tolist()
 
 
+def test_forbid_bans_unk_and_the_third_copy_in_a_row(lib):
+    tokens = torch.tensor([[SOS, 5, 6, 5, 6, 5],  # "5 6" twice and a "5": a third "6" would loop
+                           [SOS, 9, 9, 9, 7, 7],  # "7 7": a third 7 would loop
+                           [SOS, 5, 6, 5, 7, 5]])  # nothing repeats in a row
+    log_probs = torch.zeros(3, COPY_VOCAB)
+    lib.forbid(log_probs, tokens, banned_idx=0, repeat_guard=2)
+    banned = {(r, c) for r, c in (log_probs == float("-inf")).nonzero().tolist()}
+    assert banned == {(0, 0), (1, 0), (2, 0), (0, 6), (1, 7)}
+    log_probs = torch.zeros(3, COPY_VOCAB)
+    lib.forbid(log_probs, tokens, repeat_guard=1)  # single tokens only: "5 6" may come a third time
+    assert {(r, c) for r, c in (log_probs == float("-inf")).nonzero().tolist()} == {(1, 7)}
+
+
+def test_repeat_guard_keeps_decoders_out_of_loops(lib):
+    """A model that prefers one word at every step writes it at most twice in a row under the guard."""
+    tok = _CopyTokenizer()
+    model = toy_model(lib, vocab=COPY_VOCAB)
+    with torch.no_grad():
+        model.projection_layer.proj.bias[5] = 50.0
+        model.projection_layer.proj.bias[PAD] = -1e4
+    src = torch.tensor([[SOS, 5, 6, 7, EOS]])
+    src_mask = torch.ones(1, 1, 1, 5, dtype=torch.int)
+    plain = lib.greedy_decode(model, src, src_mask, tok, tok, 10, "cpu").tolist()
+    assert plain[1:4] == [5, 5, 5]
+    guarded = lib.greedy_decode(model, src, src_mask, tok, tok, 10, "cpu", repeat_guard=1).tolist()
+    batched = lib.beam_search_decode_batch(model, src, src_mask, SOS, EOS, PAD, 10, 1, repeat_guard=1)[0].tolist()
+    assert batched[: len(guarded)] == guarded
+    for out in (guarded, lib.beam_search_decode_batch(model, src, src_mask, SOS, EOS, PAD, 10, 3, repeat_guard=1)[0].tolist()):
+        assert not any(out[i] == out[i + 1] == out[i + 2] != PAD for i in range(len(out) - 2)), out
+
+
 @pytest.mark.parametrize(("text", "looping"), [
     ("E, avendo per, per, e per, e per, e per, e le, e.", True),
     ("e disse: molto molto molto bene", True),
@@ -437,6 +468,7 @@ def test_ids_to_text_shows_unk_and_unk_share_counts_it(lib, tokenizers):
     assert not hasattr(lib, "without_unk")  # no second form of the output: what is shown is what is scored
     assert lib.unk_share([lib.ids_to_text(tok, ids)], tok) == 1.0  # a written [UNK] is one unknown token
     assert lib.unk_share(["zzqx"], tok) == 1.0 and lib.unk_share([], tok) == 0.0
+    assert lib.unk_share(["zzqx [UNK]"], tok, written_only=True) == 0.5  # only the written one counts
 
 
 def test_training_loss_on_logits_equals_loss_on_log_probabilities(lib):
