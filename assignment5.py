@@ -1015,7 +1015,8 @@ class BilingualDataset(Dataset):
 #
 # `greedy_decode` is the seed's decoder: encode once, then run the decoder over the whole prefix and
 # append the most probable word until `[EOS]` or `max_len`. With `allow_unk=False` it leaves `[UNK]` out
-# of the choice and appends the most probable known word.
+# of the choice and appends the most probable known word; with `repeat_guard` = m it never appends the
+# word that would complete a third copy in a row of an n-gram of up to m tokens (`forbid`).
 
 # %% tags=["lib", "todo"]
 @torch.no_grad()
@@ -1045,7 +1046,7 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # and values) and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, with partial
 # credit for inflected forms). Translations are printed and scored as written. Whether the decoders may
 # write `[UNK]` is the config key `allow_unk`: when it is off, greedy decoding and beam search write the
-# most probable known word instead.
+# most probable known word instead; `repeat_guard` keeps both out of repetition loops the same way.
 
 # %% tags=["lib"]
 # @title Batched decoding: KV-cached beam search (one beam = greedy), translate, text helpers
