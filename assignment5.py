@@ -1228,11 +1228,11 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 # opus_books en→it); keyword arguments override keys, and an unknown key is an error.
 # `TRANSLATION_PROFILES` holds each profile's overrides: the paper's model for a GPU (`full`:
 # batches of up to 2,048 padded tokens, warm-up and cosine decay, Adam β2 0.98); for a machine without a
-# GPU (`cpu`, sized so that the whole notebook runs in about 45 minutes on two cores) a 2-layer, 192-wide
+# GPU (`cpu`, sized so that the whole notebook runs within 45 minutes on two cores) a 2-layer, 192-wide
 # model with a tied target embedding, a higher peak learning rate, no dropout and `min_frequency` 5, whose
 # decoders write no `[UNK]` and no third copy in a row of an n-gram of up to 4 tokens (`repeat_guard`),
-# with BLEU scored after the last epoch only: the choices of `bench/bench_cpu_recipe.py` and
-# `bench/bench_cpu_horizon.py`; a tiny one for CI (`smoke`). The training run prints the model's
+# with BLEU scored after the last epoch only, each setting the one that led in `bench/bench_cpu_recipe.py`
+# or `bench/bench_cpu_horizon.py`; a tiny one for CI (`smoke`). The training run prints the model's
 # settings and the profile's.
 
 # %% tags=["lib", "todo"]
@@ -1806,7 +1806,10 @@ plt.show()
 #
 # ### Conclusions (Section 1)
 #
-# Written from this run's results by the cell below.
+# Written from this run's results by the cell below. The repeat guard works on the model's tokens, the
+# loop column on the words and punctuation marks of the detokenized text. The two split some text
+# differently (the tokenizer keeps a run of punctuation marks as one token), so an output can count as a
+# loop although no n-gram of its tokens comes three times in a row.
 
 # %%
 greedy_row, beam_row = decoding.loc["greedy"], decoding.loc["beam (4)"]
@@ -2468,8 +2471,8 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 # The head reads what the base model was trained to give: the mean of the token vectors for a sentence
 # encoder that pools so (all-MiniLM-L6-v2's own pooling configuration says it does), `[CLS]` and the pooler
 # otherwise (bert-tiny); the line below names the class that loaded. The LoRA settings (`LORA_HPARAMS`,
-# printed below, and `LORA_LR = 2e-3`) and the `cpu` profile's batch of 8 are the picks of `bench/bench_lora_sweep.py`
-# and `bench/bench_lora_recipe.py` on this validation split (logs and conclusions in `bench/`). A `dense`
+# printed below, and `LORA_LR = 2e-3`) and the `cpu` profile's batch of 8 are the settings that led on this validation split in
+# `bench/bench_lora_sweep.py` and `bench/bench_lora_recipe.py` (logs and conclusions in `bench/`). A `dense`
 # target covers the attention output, both feed-forward layers, and the pooler when the head reads
 # `[CLS]`. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
 
