@@ -57,8 +57,8 @@ def horizon_config(lib, name: str, epochs: int, data: Path, folder: Path, quick:
     if quick:
         recipe = {**recipe, **QUICK}
         recipe.pop("max_pairs")
-    return lib.get_config(**recipe, datasource=str(data), val_fraction=DEV_FRACTION, seed=SEED, num_examples=0, show_progress=False, keep_every_checkpoint=True,
-                          model_folder=f"{folder}/{name}", experiment_name=f"{folder}/runs/{name}",
+    return lib.get_config(**recipe, datasource=str(data), val_fraction=DEV_FRACTION, seed=SEED, num_examples=0,
+                          show_progress=False, keep_every_checkpoint=True, model_folder=f"{folder}/{name}", experiment_name=f"{folder}/runs/{name}",
                           tokenizer_file=f"{folder}/tok-{{0}}.json", preload="latest")
 
 
