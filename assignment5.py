@@ -83,7 +83,7 @@
 import os
 
 PROFILE = os.environ.get("A5_PROFILE", "auto")  # "full" | "cpu" | "smoke" | "auto"
-SHOW_PROGRESS = os.environ.get("A5_SHOW_PROGRESS", "1") != "0"  # tqdm bars (off in the committed render)
+SHOW_PROGRESS = os.environ.get("A5_SHOW_PROGRESS", "1") != "0"  # tqdm bars; "0" turns them off
 ALLOW_DOWNLOADS = os.environ.get("A5_ALLOW_DOWNLOADS", "1") != "0"  # try the original datasets/models first
 COMPLAINTS_CSV = os.environ.get("A5_COMPLAINTS_CSV") or None  # a local complaints CSV (.csv or .csv.gz)
 PRECISION = os.environ.get("A5_PRECISION", "auto")  # "auto" (by hardware) | "fp32" | "fp16" | "bf16" (forced, CPU too)
@@ -438,13 +438,30 @@ class FeedForwardBlock(nn.Module):
 # Queries, keys and values are projected by $W^Q, W^K, W^V$, split into `h` heads of size
 # $d_k=d_{model}/h$, attended with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$, concatenated and mixed by
 # $W^O$. Masks hold 1 where attention is allowed. `forward` computes attention with the static
-# `attention` method, which also returns the weights for the heatmaps. `fused=True` (config
-# `fused_attention`, off by default) is a speed switch to PyTorch's `scaled_dot_product_attention`; a
-# test checks both paths against `nn.MultiheadAttention`. `cache` holds keys and values already computed.
+# `attention` method, which also returns the weights for the heatmaps. `cache` is used only by the
+# batched decoders: it keeps the keys and values of the positions already written. The config key
+# `fused_attention` (off by default) swaps in PyTorch's fused kernel, a speed switch in the folded cell
+# below; the test suite compares both with `nn.MultiheadAttention`.
+
+# %% tags=["lib"]
+# @title Key/value cache of step-by-step decoding (cached_keys_values, used by MultiHeadAttentionBlock.forward)
+def cached_keys_values(block: nn.Module, k: torch.Tensor, v: torch.Tensor, cache: dict):
+    """`block`'s keys and values when the decoder writes one position at a time. Cross-attention projects the
+    encoder output once; self-attention appends the new position's keys and values to the earlier ones."""
+    if cache["kind"] == "cross" and "k" in cache:
+        return cache["k"], cache["v"]
+    key = block._split_heads(block.w_k(k))
+    value = block._split_heads(block.w_v(v))
+    if "k" in cache:
+        key = torch.cat([cache["k"], key], dim=2)
+        value = torch.cat([cache["v"], value], dim=2)
+    cache["k"], cache["v"] = key, value
+    return key, value
+
 
 # %% tags=["lib", "todo"]
 class MultiHeadAttentionBlock(nn.Module):
-    def __init__(self, d_model: int, h: int, dropout: float, fused: bool = False) -> None:
+    def __init__(self, d_model: int, h: int, dropout: float) -> None:
         super().__init__()
         assert d_model % h == 0, f"d_model ({d_model}) must be divisible by h ({h})"
         self.d_model = d_model
@@ -455,8 +472,7 @@ class MultiHeadAttentionBlock(nn.Module):
         self.w_v = nn.Linear(d_model, d_model, bias=False)
         self.w_o = nn.Linear(d_model, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.fused = fused  # opt-in speed switch: PyTorch's fused kernel instead of `attention` (bench/README.md)
-        self.store_attention_scores = False  # set True to keep weights for visualisation
+        self.store_attention_scores = False  # set True to keep the weights for the heatmaps
         self.attention_scores: torch.Tensor | None = None
 
     @staticmethod
@@ -476,31 +492,36 @@ class MultiHeadAttentionBlock(nn.Module):
     def forward(self, q, k, v, mask, cache: dict | None = None):
         # 1-2. project with W_Q, W_K, W_V and split into h heads: (batch, seq_len, d_model) -> (batch, h, seq_len, d_k)
         query = self._split_heads(self.w_q(q))
-        if cache is not None and cache["kind"] == "cross" and "k" in cache:  # decoding: encoder output never changes
-            key, value = cache["k"], cache["v"]
-        else:
+        if cache is None:
             key = self._split_heads(self.w_k(k))
             value = self._split_heads(self.w_v(v))
-            if cache is not None and "k" in cache:  # decoding, self-attention: the new position after the earlier ones
-                key = torch.cat([cache["k"], key], dim=2)
-                value = torch.cat([cache["v"], value], dim=2)
-        if cache is not None:
-            cache["k"], cache["v"] = key, value
-        # 3. scaled dot-product attention of every head
-        if self.fused and not self.store_attention_scores:
-            keep = None
-            if mask is not None:
-                keep = mask != 0
-            dropout_p = 0.0
-            if self.training:
-                dropout_p = self.dropout.p
-            x = F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout_p)
-        else:
-            x, scores = MultiHeadAttentionBlock.attention(query, key, value, mask, self.dropout)
-            if self.store_attention_scores:
-                self.attention_scores = scores
+        else:  # decoding one position at a time: the keys and values of earlier positions are reused (cell above)
+            key, value = cached_keys_values(self, k, v, cache)
+        # 3. attention output and scores through `attention`
+        x, scores = self.attention(query, key, value, mask, self.dropout)
+        if self.store_attention_scores:
+            self.attention_scores = scores
         # 4. concatenate the heads, (batch, h, seq_len, d_k) -> (batch, seq_len, d_model), and apply W_O
-        return self.w_o(x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model))
+        x = x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model)
+        return self.w_o(x)
+
+
+# %% tags=["lib"]
+# @title Opt-in speed switch: PyTorch's fused attention kernel (FusedMultiHeadAttentionBlock, bench/README.md)
+class FusedMultiHeadAttentionBlock(MultiHeadAttentionBlock):
+    """The same block with `attention` computed by `F.scaled_dot_product_attention` (config `fused_attention`).
+    The fused kernel returns no weights, so the block falls back to the seed's `attention` while they are kept."""
+
+    def attention(self, query, key, value, mask, dropout: nn.Dropout | None):
+        if self.store_attention_scores:
+            return MultiHeadAttentionBlock.attention(query, key, value, mask, dropout)
+        keep = None
+        if mask is not None:
+            keep = mask != 0
+        dropout_p = 0.0
+        if dropout is not None and dropout.training:
+            dropout_p = dropout.p
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout_p), None
 
 
 # %% [markdown]
@@ -677,8 +698,12 @@ class Transformer(nn.Module):
 def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int, tgt_seq_len: int,
                       d_model: int = 512, N: int = 6, h: int = 8, dropout: float = 0.1,
                       d_ff: int = 2048, tie_embeddings: bool = False, fused_attention: bool = False) -> Transformer:
+    attention_class = MultiHeadAttentionBlock
+    if fused_attention:  # the opt-in speed switch (folded cell under Part 5)
+        attention_class = FusedMultiHeadAttentionBlock
+
     def attention() -> MultiHeadAttentionBlock:
-        return MultiHeadAttentionBlock(d_model, h, dropout, fused=fused_attention)
+        return attention_class(d_model, h, dropout)
 
     encoder_blocks = []
     for _ in range(N):  # each block: self-attention, then the feed-forward network
@@ -1024,14 +1049,14 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
                   repeat_guard: int = 0):
     sos_idx = tokenizer_tgt.token_to_id("[SOS]")
     eos_idx = tokenizer_tgt.token_to_id("[EOS]")
+    banned_idx = None
+    if not allow_unk:  # the decoder's choice: the best word the vocabulary has instead of [UNK]
+        banned_idx = tokenizer_tgt.token_to_id("[UNK]")
     encoder_output = model.encode(source, source_mask)
     decoder_input = torch.full((1, 1), sos_idx, dtype=source.dtype, device=device)
     while decoder_input.size(1) < max_len:
         out = model.decode(encoder_output, source_mask, decoder_input, casual_mask(decoder_input.size(1), device))
         log_probs = model.project(out[:, -1])
-        banned_idx = None
-        if not allow_unk:  # the decoder's choice: the best word the vocabulary has instead of [UNK]
-            banned_idx = tokenizer_tgt.token_to_id("[UNK]")
         forbid(log_probs, decoder_input, banned_idx, repeat_guard)
         next_word = log_probs.argmax(dim=1, keepdim=True)
         decoder_input = torch.cat([decoder_input, next_word.to(source.dtype)], dim=1)
@@ -1378,7 +1403,7 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 # %% tags=["lib"]
-# @title Training support: validation loss, learning-rate schedule, checkpoints and random states
+# @title Training support: validation loss, learning-rate schedule, loss meter, checkpoints, resume and random states
 @torch.no_grad()
 def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> float:
     model.eval()
@@ -1456,6 +1481,70 @@ def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) ->
             older.unlink()
 
 
+def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
+    """train_model's step 7. Without a checkpoint to preload: epoch 0 and empty progress. With one: the model,
+    optimizer, schedule, scaler and random states restored from it, and the epoch after the one it saved."""
+    progress = {"global_step": 0, "history": [], "step_losses": []}
+    model_filename = checkpoint_to_preload(config)
+    if model_filename is None:
+        return 0, progress
+    print(f"Preloading model {model_filename}")
+    state = load_checkpoint(model_filename)
+    for name, part in stateful.items():
+        part.load_state_dict(state[f"{name}_state_dict"])
+    restore_rng_states(state["rng_states"])
+    progress = {"global_step": state["global_step"], "history": state["history"],
+                "step_losses": state.get("step_losses", [])}
+    return state["epoch"] + 1, progress
+
+
+class LossMeter:
+    """An epoch's training loss, summed on the device (no host synchronisation per step): per target token over
+    the epoch, and the mean of the steps since the last logged value."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.total = torch.zeros((), device=device)
+        self.tokens = 0
+        self.window = torch.zeros((), device=device)
+        self.window_steps = 0
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.total += loss.detach() * tokens
+        self.tokens += tokens
+        self.window += loss.detach()
+        self.window_steps += 1
+
+    def take_window(self) -> float:
+        """The mean loss of the steps since the last call, read once from the device."""
+        mean = self.window.item() / self.window_steps
+        self.window = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        return mean
+
+    def epoch_loss(self) -> float:
+        return self.total.item() / max(self.tokens, 1)
+
+
+def bleu_due(config: dict, epoch: int) -> bool:
+    """run_validation (BLEU/chrF of the whole split) after the last epoch and every config["bleu_every"] epochs."""
+    if epoch + 1 == config["num_epochs"]:
+        return True
+    if not config["bleu_every"]:
+        return False
+    return (epoch + 1) % config["bleu_every"] == 0
+
+
+def epoch_line(record: dict, num_epochs: int) -> str:
+    """The printed line of an epoch of train_model."""
+    scores = "BLEU/chrF later"
+    if not math.isnan(record["bleu"]):
+        scores = f"BLEU {record['bleu']:5.2f} | chrF {record['chrf']:5.2f}"
+    return (f"epoch {record['epoch']:2d}/{num_epochs} | train loss {record['train_loss']:.3f} | "
+            f"val loss {record['val_loss']:.3f} | {scores} | {record['tokens_per_second']:,.0f} target tok/s | "
+            f"{record['train_seconds']:.0f}s")
+
+
 # %% tags=["lib", "todo"]
 def compute_loss(model, batch: dict, loss_fn, device) -> torch.Tensor:
     """Mean cross-entropy per target token of one batch; the masks are built on the device from the padding."""
@@ -1488,103 +1577,92 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler, 
 # %% tags=["lib", "todo"]
 def train_model(config: dict, allow_downloads: bool = True, precision: Precision | None = None) -> dict:
     """Train (or resume) the translation model, scoring the validation split as configured; one line per epoch."""
-    device = pick_device()  # 1. the device, and the precision chosen once for the run
+    # 1. the device, and the precision chosen once for the run
+    device = pick_device()
     precision = precision or choose_precision(device)
     print(f"Using device {device}, precision {precision.name}: {precision.reason}")
-    Path(config["model_folder"]).mkdir(parents=True, exist_ok=True)  # 2. the weights folder
+    # 2. the weights folder
+    Path(config["model_folder"]).mkdir(parents=True, exist_ok=True)
     set_seed(config["seed"])
-    train_dataloader, val_dataloader, tokenizer_src, tokenizer_tgt = get_ds(config, allow_downloads)  # 3. data
-    model = get_model(config, tokenizer_src.get_vocab_size(), tokenizer_tgt.get_vocab_size()).to(device)  # 4. model
-    writer = SummaryWriter(config["experiment_name"])  # 5. TensorBoard
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"],  # 6. Adam
-                                 eps=config["eps"], fused=device.type == "cuda" or None)
-    scheduler = warmup_schedule(optimizer, config["warmup_steps"], config["num_epochs"] * len(train_dataloader),
-                                config["lr_decay"])
-    scaler = precision.grad_scaler()
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-
-    initial_epoch, global_step, history, step_losses = 0, 0, [], []  # 7. resume when a checkpoint is preloaded
-    model_filename = checkpoint_to_preload(config)
-    if model_filename:
-        print(f"Preloading model {model_filename}")
-        state = load_checkpoint(model_filename)
-        for name, part in stateful.items():
-            part.load_state_dict(state[f"{name}_state_dict"])
-        restore_rng_states(state["rng_states"])
-        initial_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
-        step_losses = state.get("step_losses", [])
-
-    loss_fn = nn.CrossEntropyLoss(ignore_index=special_ids(tokenizer_tgt)[2],  # 8. ignores [PAD], smooths labels
-                                  label_smoothing=config["label_smoothing"]).to(device)
-    # Validation batches are capped by padded tokens like training batches, so they fit wherever training fits.
-    val_loss_loader = pair_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False,
-                                  max_tokens=config["max_tokens"])
+    # 3. dataloaders and tokenizers
+    train_dataloader, val_dataloader, tokenizer_src, tokenizer_tgt = get_ds(config, allow_downloads)
+    # 4. the model, on the device
+    model = get_model(config, tokenizer_src.get_vocab_size(), tokenizer_tgt.get_vocab_size()).to(device)
     print(f"{model_parameter_counts(model)[1]:,} parameters; vocabularies {tokenizer_src.get_vocab_size():,} "
           f"({config['lang_src']}) / {tokenizer_tgt.get_vocab_size():,} ({config['lang_tgt']}); "
           f"{len(train_dataloader):,} steps per epoch")
+    # 5. TensorBoard
+    writer = SummaryWriter(config["experiment_name"])
+    # 6. Adam with the learning rate and epsilon from config (fused kernel on CUDA), and the warm-up schedule
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=config["adam_betas"], eps=config["eps"],
+                                 fused=device.type == "cuda")
+    scheduler = warmup_schedule(optimizer, config["warmup_steps"], config["num_epochs"] * len(train_dataloader),
+                                config["lr_decay"])
+    scaler = precision.grad_scaler()  # loss scaling, active only in fp16
+    # 7. a preloaded checkpoint restores the model, optimizer state and global step; training resumes after its epoch
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    initial_epoch, progress = preload_checkpoint(config, stateful)
+    # 8. cross-entropy that ignores [PAD] and smooths the labels
+    loss_fn = nn.CrossEntropyLoss(ignore_index=special_ids(tokenizer_tgt)[2],
+                                  label_smoothing=config["label_smoothing"]).to(device)
+    # validation batches are capped by padded tokens like training batches, so they fit wherever training fits
+    val_loss_loader = pair_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False,
+                                  max_tokens=config["max_tokens"])
 
     def validate(num_examples: int) -> dict:
         with precision.autocast():
             return run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"], device,
-                                  tqdm.write, global_step, writer, num_examples, config["eval_batch_size"],
+                                  tqdm.write, progress["global_step"], writer, num_examples, config["eval_batch_size"],
                                   config["allow_unk"], config["repeat_guard"])
 
     validation = None
-    for epoch in range(initial_epoch, config["num_epochs"]):  # 9. the training loop
+    # 9. the training loop
+    for epoch in range(initial_epoch, config["num_epochs"]):
         model.train()
         train_dataloader.batch_sampler.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
-        window_loss, window_steps = torch.zeros((), device=device), 0  # the steps since the last logged loss
-        epoch_tokens, started = 0, time.time()
+        losses = LossMeter(device)
+        started = time.time()
         batch_iterator = tqdm(train_dataloader, desc=f"Processing Epoch {epoch:02d}",
                               disable=not config["show_progress"], leave=False)
         for batch in batch_iterator:
             with precision.autocast():
-                loss = compute_loss(model, batch, loss_fn, device)
-            optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler)
-            loss_sum += loss.detach() * batch["tgt_tokens"]
-            window_loss += loss.detach()
-            window_steps += 1
-            epoch_tokens += batch["tgt_tokens"]
-            global_step += 1
-            if global_step % config["log_every"] == 0:  # the only host synchronisation of a step
-                logged = window_loss.item() / window_steps
-                step_losses.append((global_step, logged))
-                writer.add_scalar("train/loss", logged, global_step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
+                loss = compute_loss(model, batch, loss_fn, device)  # to the device; encoder, decoder, projection
+            optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler)  # backward, step, zero
+            losses.add(loss, batch["tgt_tokens"])
+            progress["global_step"] += 1
+            if progress["global_step"] % config["log_every"] == 0:  # the only host synchronisation of a step
+                logged = losses.take_window()
+                progress["step_losses"].append((progress["global_step"], logged))
+                writer.add_scalar("train/loss", logged, progress["global_step"])
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress["global_step"])
                 batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
-                window_loss, window_steps = torch.zeros((), device=device), 0
         train_seconds = time.time() - started
 
-        last = epoch + 1 == config["num_epochs"]  # after each epoch: validation
-        score_now = last or (config["bleu_every"] and (epoch + 1) % config["bleu_every"] == 0)
+        # after each epoch: the validation loss, and run_validation (BLEU/chrF) when due
         val_loss = evaluate_loss(model, val_loss_loader, loss_fn, device, precision)
-        writer.add_scalar("validation/loss", val_loss, global_step)
-        bleu, chrf, scores = math.nan, math.nan, "BLEU/chrF later"
-        if score_now:
-            examples = 0
+        writer.add_scalar("validation/loss", val_loss, progress["global_step"])
+        record = {"epoch": epoch + 1, "train_loss": losses.epoch_loss(), "val_loss": val_loss, "bleu": math.nan,
+                  "chrf": math.nan, "train_seconds": train_seconds, "tokens_per_second": losses.tokens / train_seconds,
+                  "steps": progress["global_step"]}
+        last = epoch + 1 == config["num_epochs"]
+        if bleu_due(config, epoch):
+            num_examples = 0
             if last:  # the seed's printed examples, after the last epoch
-                examples = config["num_examples"]
-            validation = validate(examples)
-            bleu, chrf = validation["bleu"], validation["chrf"]
-            scores = f"BLEU {bleu:5.2f} | chrF {chrf:5.2f}"
-        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(epoch_tokens, 1), "val_loss": val_loss,
-                  "bleu": bleu, "chrf": chrf, "train_seconds": train_seconds,
-                  "tokens_per_second": epoch_tokens / train_seconds, "steps": global_step}
-        history.append(record)
-        print(f"epoch {epoch + 1:2d}/{config['num_epochs']} | train loss {record['train_loss']:.3f} | "
-              f"val loss {val_loss:.3f} | {scores} | {record['tokens_per_second']:,.0f} target tok/s | "
-              f"{train_seconds:.0f}s", flush=True)
-        progress = {"global_step": global_step, "history": history, "step_losses": step_losses}
-        save_checkpoint(config, epoch, progress, stateful)  # 10. the model, optimizer and step, every epoch
+                num_examples = config["num_examples"]
+            validation = validate(num_examples)
+            record["bleu"], record["chrf"] = validation["bleu"], validation["chrf"]
+        progress["history"].append(record)
+        print(epoch_line(record, config["num_epochs"]), flush=True)
+        # 10. the model, optimizer state and global step, after each epoch
+        save_checkpoint(config, epoch, progress, stateful)
         if epoch == initial_epoch and not last:  # after the first epoch: the time left
             print(f"about {(config['num_epochs'] - epoch - 1) * (time.time() - started) / 60:.1f} min of training left")
     if validation is None:  # a run resumed after its last epoch: score the final model now
         validation = validate(config["num_examples"])
     writer.close()
-    return {"model": model, "history": history, "step_losses": step_losses, "tokenizer_src": tokenizer_src,
-            "tokenizer_tgt": tokenizer_tgt, "train_dataloader": train_dataloader, "val_dataloader": val_dataloader,
-            "device": device, "precision": precision, "validation": validation}
+    return {"model": model, "history": progress["history"], "step_losses": progress["step_losses"],
+            "tokenizer_src": tokenizer_src, "tokenizer_tgt": tokenizer_tgt, "train_dataloader": train_dataloader,
+            "val_dataloader": val_dataloader, "device": device, "precision": precision, "validation": validation}
 
 
 # %% [markdown]
@@ -1631,29 +1709,36 @@ RUN_INFO["models"]["Transformer en→it"] = (
 #
 # ### Training curves
 #
-# Left: the training loss, averaged over each `log_every` optimizer steps, and the validation loss
-# after each epoch (both label-smoothed cross-entropy per target token, so neither can reach 0; the
-# training loss is measured in training mode, with the profile's dropout). Right: the greedy BLEU/chrF of the whole validation
-# split, scored every `bleu_every` epochs and after the last (the `cpu` profile scores after the last only).
+# The training loss, averaged over each `log_every` optimizer steps, and the validation loss after
+# each epoch (both label-smoothed cross-entropy per target token, so neither can reach 0; the training
+# loss is measured in training mode, with the profile's dropout). When `bleu_every` scores more than
+# one epoch, a second panel shows the greedy BLEU/chrF of the whole validation split at those epochs;
+# the table lists every epoch, with the scores of the epochs scored.
 
 # %%
 step_losses = pd.DataFrame(result["step_losses"], columns=["step", "loss"])
-fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+scored_epochs = history.dropna(subset=["bleu"])
+panels = 1
+if len(scored_epochs) > 1:  # a score curve needs BLEU/chrF from more than one epoch (config `bleu_every`)
+    panels = 2
+fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+ax_loss = axes[0, 0]
 ax_loss.plot(step_losses["step"], step_losses["loss"], ".-", color="tab:blue", linewidth=1, markersize=3,
              label=f"train (mean of each {translation_config['log_every']} steps)")
 ax_loss.plot(history["steps"], history["val_loss"], "o--", color="tab:orange", label="validation (after each epoch)")
 ax_loss.set(title="Cross-entropy per target token", xlabel="optimizer step", ylabel="loss (nats)")
 ax_loss.legend()
-scored_epochs = history.dropna(subset=["bleu"])
-ax_score.plot(scored_epochs["epoch"], scored_epochs["bleu"], "o-", label="BLEU")
-ax_score.plot(scored_epochs["epoch"], scored_epochs["chrf"], "o-", label="chrF")
-ax_score.set(title="Validation scores (sacreBLEU, greedy)", xlabel="epoch", ylabel="score (0-100)",
-             xlim=(0.5, len(history) + 0.5))
-ax_score.locator_params(axis="x", integer=True)
-ax_score.legend()
+if panels == 2:
+    ax_score = axes[0, 1]
+    ax_score.plot(scored_epochs["epoch"], scored_epochs["bleu"], "o-", label="BLEU")
+    ax_score.plot(scored_epochs["epoch"], scored_epochs["chrf"], "o-", label="chrF")
+    ax_score.set(title="Validation scores (sacreBLEU, greedy)", xlabel="epoch", ylabel="score (0-100)",
+                 xlim=(0.5, len(history) + 0.5))
+    ax_score.locator_params(axis="x", integer=True)
+    ax_score.legend()
 fig.tight_layout()
 plt.show()
-display(history.round(3))
+display(history.round(3))  # BLEU/chrF: NaN for the epochs that were not scored
 
 # %% [markdown]
 # <a id="s1-decoding"></a>
@@ -1812,8 +1897,9 @@ plt.show()
 # loop although no n-gram of its tokens comes three times in a row.
 
 # %%
+# @title Conclusions of Section 1: the table and text below, written from this run's results
 greedy_row, beam_row = decoding.loc["greedy"], decoding.loc["beam (4)"]
-beam_gain = beam_row["BLEU"] - greedy_row["BLEU"]
+beam_gain = round(beam_row["BLEU"], 2) - round(greedy_row["BLEU"], 2)  # as the table rounds them
 if beam_p["BLEU"] >= 0.05:
     beam_verdict = "not measurably different from"
 elif beam_gain > 0:
@@ -1834,8 +1920,10 @@ if translation_config["allow_unk"]:
 else:
     decoder_sentence = "The decoders never write `[UNK]` (`allow_unk` is off: the most probable known word instead); "
 if translation_config["repeat_guard"]:
-    decoder_sentence = (f"Neither decoder writes a third copy in a row of an n-gram of up to "
-                    f"{translation_config['repeat_guard']} tokens (`repeat_guard`). {decoder_sentence}")
+    guard = translation_config["repeat_guard"]
+    decoder_sentence = (f"`repeat_guard` keeps both decoders from writing a third copy in a row of any n-gram of up to "
+                        f"{guard} tokens; the loop column looks for the same pattern in the words and punctuation "
+                        f"marks of the detokenized text. {decoder_sentence}")
 table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row['chrF']:.2f} | "
               f"{row['outputs in a loop (%)']:.1f}% | {row['[UNK] share of tokens (%)']:.1f}% |"
               for name, row in decoding.iterrows()]
@@ -1897,8 +1985,9 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 
 # %% [markdown]
 # The run sizes of this section. Each model keeps the weights of its best validation macro-F1 and then
-# meets the test split once. LoRA runs `lora_epochs` epochs: on `cpu` one, because an epoch of the offline stand-in
-# all-MiniLM-L6-v2 takes minutes where the small BERT's takes seconds (s / epoch under Test results).
+# meets the test split once. LoRA runs `lora_epochs` epochs (on `cpu` two, chosen on validation
+# macro-F1 in `bench/README.md`): an epoch of the offline stand-in all-MiniLM-L6-v2 takes minutes where the small
+# BERT's takes seconds (s / epoch under Test results).
 
 # %% tags=["lib"]
 # @title Section 2 settings: profiles, model shapes, split sizes
@@ -1908,7 +1997,7 @@ CLASSIFICATION_PROFILES = {  # max_len and batch_size serve both models; LoRA tr
     "full": {"sample_size": None, "max_len": 256, "batch_size": 32, "epochs": 30, "patience": 3, "bert": BERT_MINI,
              "bert_lr": 5e-4, "lora_batch_size": 32, "lora_epochs": 4},
     "cpu": {"sample_size": 5000, "max_len": 128, "batch_size": 32, "epochs": 12, "patience": 2, "bert": BERT_TINY,
-            "bert_lr": 1e-3, "lora_batch_size": 8, "lora_epochs": 1},  # LoRA: bench/README.md; the run fits in 45 min
+            "bert_lr": 1e-3, "lora_batch_size": 8, "lora_epochs": 2},  # LoRA: bench/README.md; the run fits in 45 min
     "smoke": {"sample_size": 400, "max_len": 32, "batch_size": 16, "epochs": 2, "patience": 1, "bert": BERT_TINY,
               "bert_lr": 1e-3, "lora_batch_size": 16, "lora_epochs": 1},
 }
@@ -2844,6 +2933,7 @@ print(f"Llama 3.1 405B: {weights_gb:,.0f} GB for its 16-bit weights alone (at le
 # bootstrap interval of the difference excludes zero.
 
 # %%
+# @title Conclusions of Section 2: the table and text below, written from this run's results
 def interval(name: str, metric: str) -> str:
     low, high = intervals[name][metric]
     return f"{test_metrics[name][metric]:.3f} ({low:.3f}–{high:.3f})"
@@ -2851,8 +2941,9 @@ def interval(name: str, metric: str) -> str:
 
 def compared(a: str, b: str, metric: str) -> str:
     """a minus b on `metric`, with the paired bootstrap's verdict."""
-    diff, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
-                                                  seed=SEED, metric=metric)
+    _, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
+                                               seed=SEED, metric=metric)
+    diff = round(test_metrics[a][metric], 3) - round(test_metrics[b][metric], 3)  # as the table rounds them
     if low > 0:
         verdict = "better"
     elif high < 0:
@@ -2910,6 +3001,7 @@ display(Markdown("\n".join([
 # which data and models ran (and why a stand-in did), the headline results and the wall time.
 
 # %%
+# @title The run summary at the top: hardware, libraries, sources, models and headline results of this run
 import importlib.metadata
 import platform
 

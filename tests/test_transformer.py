@@ -73,13 +73,16 @@ def test_multi_head_attention_requires_divisible_heads(lib):
         lib.MultiHeadAttentionBlock(10, 3, 0.0)
 
 
-@pytest.mark.parametrize(("fused", "store_scores"), [(False, False), (False, True), (True, False)],
-                         ids=["static-attention", "static-attention-stored", "fused-sdpa"])
+@pytest.mark.parametrize(("fused", "store_scores"), [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["static-attention", "static-attention-stored", "fused-sdpa", "fused-falls-back-stored"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_multi_head_attention_matches_torch(lib, fused, store_scores, causal):
     torch.manual_seed(0)
     d_model, h, batch, q_len = 16, 4, 3, 6
-    mha = lib.MultiHeadAttentionBlock(d_model, h, dropout=0.0, fused=fused).eval()
+    block_class = lib.MultiHeadAttentionBlock
+    if fused:
+        block_class = lib.FusedMultiHeadAttentionBlock
+    mha = block_class(d_model, h, dropout=0.0).eval()
     mha.store_attention_scores = store_scores
     ref = nn.MultiheadAttention(d_model, h, bias=False, batch_first=True).eval()
     with torch.no_grad():
