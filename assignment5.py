@@ -2000,7 +2000,7 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 # The run sizes of this section. Each model keeps the weights of its best validation macro-F1 and then
 # meets the test split once. LoRA runs `lora_epochs` epochs, on `cpu` two: the benchmark
 # report in `bench/README.md` (`bench_lora_recipe.py`) measured validation macro-F1 0.726 after one epoch and
-# 0.772 after two (a third is not measured). An epoch of the offline stand-in all-MiniLM-L6-v2 takes minutes where the small BERT's
+# 0.772 after two (a third is not measured); this run prints its own under "Training LoRA". An epoch of the offline stand-in all-MiniLM-L6-v2 takes minutes where the small BERT's
 # takes seconds (s / epoch under Test results).
 
 # %% tags=["lib"]

@@ -56,6 +56,14 @@ VARIANTS = {
     "tied_lr1e-3_dropout0": {**PROBE, "dropout": 0.0},
     "reference_fused_attention": {"fused_attention": True},  # speed only (--timing-only): the opt-in switch
 }
+# The `cpu` profile's recipe after this benchmark and bench_cpu_horizon.py, and its shape at fixed time
+CPU_RECIPE = {**PROBE, "lr": 2e-3, "min_frequency": 5, "dropout": 0.0}
+VARIANTS.update({
+    "cpu_recipe": CPU_RECIPE,
+    "cpu_recipe_d256": {**CPU_RECIPE, "d_model": 256, "d_ff": 1024},
+    "cpu_recipe_N3": {**CPU_RECIPE, "N": 3},
+    "cpu_recipe_dff384": {**CPU_RECIPE, "d_ff": 384},
+})
 QUICK = {"max_pairs": 800, "seq_len": 32, "d_model": 32, "N": 1, "h": 2, "d_ff": 64}
 
 
