@@ -1,4 +1,5 @@
-"""LoRA's recipe for Section 2, chosen on the validation split: head, learning rate, rank, LoRA+, epochs.
+"""LoRA's recipe for Section 2, chosen on the validation split: head, learning rate, rank, LoRA+, epochs, warm-up,
+max_len; and the cause of the r=16 collapse.
 
 Stage 1 compares configurations at one small budget (a stratified subset of the `cpu` profile's training
 complaints, one epoch): the classification head ([CLS] + pooler, or the mean of the token vectors, which is
@@ -13,6 +14,8 @@ make_loader, load_lora_base, make_optimizer, train_classifier) with the class-we
 macro-F1 on the whole validation split (its best epoch); the test split is never used.
 
     python bench/bench_lora_recipe.py [--train-size 1200] [--final-epochs 2] [--log FILE]
+    python bench/bench_lora_recipe.py --full-epoch SET [--epochs 2] [--max-len 128]   # whole training split
+    python bench/bench_lora_recipe.py --collapse [causes|scale]   # why r=16 collapsed with the unweighted loss
     python bench/bench_lora_recipe.py --quick       # tiny sizes: proves it runs
 """
 from __future__ import annotations
@@ -30,12 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_lora_sweep import PROFILE, SEED, prepare_split, stratified_subset  # noqa: E402
 from nblib import NOTEBOOK, load_lib_cells  # noqa: E402
 
 ENCODER_TARGETS = r".*encoder.*\.(query|key|value|dense)$"  # every layer's, but not the pooler's dense
-CENTRE = {"pooling": "mean", "r": 8, "lr": 2e-3, "targets": "q,k,v,dense", "loraplus": None}
+CENTRE = {"pooling": "mean", "r": 8, "lr": 2e-3, "targets": "q,k,v,dense", "loraplus": None, "warmup": 0.1,
+          "loss": "weighted"}
 CONFIGS = [
     {**CENTRE, "pooling": "cls"},  # the notebook's recipe before this benchmark
     {**CENTRE, "pooling": "cls", "r": 16},  # the earlier sweep's collapse ...
@@ -55,7 +60,26 @@ FULL_EPOCH_SETS = {
     "loraplus-b": [({**CENTRE, "lr": 1e-3, "loraplus": 16}, 8)],  # LoRA+ at the paper's ratio, half the lr
     "lr1e-3": [({**CENTRE, "lr": 1e-3}, 8)],  # B learning faster hurt (loraplus-a): both learning slower
     "notebook": [(CENTRE, 8)],  # the notebook's recipe; with --epochs 2: does a second epoch pay for its time?
+    "warmup": [({**CENTRE, "warmup": 0.0}, 8), ({**CENTRE, "warmup": 0.25}, 8)],  # the notebook warms up for 10%
 }
+# --collapse: the earlier sweep's r=16 collapse (lora_sweep.txt: unweighted loss, [CLS] + pooler, lr 2e-3) on the
+# stage-1 subset, one epoch, with one factor changed at a time; each run also reports its most predicted class's share.
+COLLAPSE = [
+    {**CENTRE, "pooling": "cls", "r": 16, "loss": "plain"},  # the sweep's configuration
+    {**CENTRE, "pooling": "cls", "r": 8, "loss": "plain"},  # the rank alone
+    {**CENTRE, "pooling": "cls", "r": 16, "loss": "plain", "targets": "encoder only"},  # the pooler without adapter
+    {**CENTRE, "pooling": "cls", "r": 16, "loss": "plain", "lr": 1e-3},  # the learning rate alone
+    {**CENTRE, "pooling": "cls", "r": 16},  # the class-weighted loss alone
+]
+# --collapse scale: with lora_alpha = 2r, Adam moves each of the r rank-one terms of B·A by about lr a step, so the
+# update of W grows with r x lr. If that product decides the collapse, r=8 at 4e-3 and r=32 at 1e-3 collapse like
+# r=16 at 2e-3, and r=32 at 5e-4 does not.
+COLLAPSE_SCALE = [
+    {**CENTRE, "pooling": "cls", "r": 8, "loss": "plain", "lr": 4e-3},
+    {**CENTRE, "pooling": "cls", "r": 32, "loss": "plain", "lr": 1e-3},
+    {**CENTRE, "pooling": "cls", "r": 32, "loss": "plain", "lr": 5e-4},
+]
+COLLAPSE_SETS = {"causes": COLLAPSE, "scale": COLLAPSE_SCALE}
 QUICK = {"train_size": 32, "val_size": 64, "max_len": 32}
 
 
@@ -64,8 +88,14 @@ def target_modules(targets: str):
 
 
 def describe(config: dict) -> str:
-    loraplus = f" LoRA+ x{config['loraplus']}" if config["loraplus"] else ""
-    return f"{config['pooling']} r={config['r']} lr={config['lr']:g} {config['targets']}{loraplus}"
+    extras = []
+    if config["loraplus"]:
+        extras.append(f"LoRA+ x{config['loraplus']}")
+    if config["warmup"] != CENTRE["warmup"]:
+        extras.append(f"warm-up {config['warmup']:.0%}")
+    if config["loss"] != CENTRE["loss"]:
+        extras.append(f"{config['loss']} loss")
+    return " ".join([f"{config['pooling']} r={config['r']} lr={config['lr']:g} {config['targets']}", *extras])
 
 
 def run_config(lib, config: dict, loaders: tuple, num_labels: int, epochs: int, class_weights) -> dict:
@@ -87,13 +117,21 @@ def run_config(lib, config: dict, loaders: tuple, num_labels: int, epochs: int, 
 
         optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=config["lr"], weight_decay=0.01,
                                               loraplus_lr_ratio=config["loraplus"])
-        scheduler = lib.warmup_schedule(optimizer, int(0.1 * total_steps), total_steps, "linear")
-    history = train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, describe(config),
-                    class_weights)
+    if config["loraplus"] or config["warmup"] != CENTRE["warmup"]:
+        scheduler = lib.warmup_schedule(optimizer, int(config["warmup"] * total_steps), total_steps, "linear")
+    weights = class_weights if config["loss"] == "weighted" else None
+    history = train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, describe(config), weights)
     best = max(history, key=lambda h: h["val_f1"])
     return {**config, "trainable": trainable, "train_s": sum(h["epoch_time_s"] for h in history),
             "best_epoch": best["epoch"], "accuracy": best["val_acc"], "f1_macro": best["val_f1"],
-            "val_f1_by_epoch": [round(h["val_f1"], 4) for h in history]}
+            "val_f1_by_epoch": [round(h["val_f1"], 4) for h in history],
+            "top_class_share": top_class_share(lib, model, val_loader)}
+
+
+def top_class_share(lib, model, val_loader) -> float:
+    """The share of validation complaints given the most predicted class: 1.0 is a collapse to one class."""
+    predictions = lib.predict_classifier(model, val_loader, torch.device("cpu"), lib.choose_precision("cpu", "fp32"))["y_pred"]
+    return round(float(np.bincount(predictions).max() / len(predictions)), 3)
 
 
 def train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, name, class_weights) -> list[dict]:
@@ -101,6 +139,15 @@ def train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, na
     return lib.train_classifier(model, train_loader, val_loader, optimizer, scheduler, epochs, torch.device("cpu"),
                                 lib.choose_precision("cpu", "fp32"), show_progress=False, name=name,
                                 criterion=torch.nn.CrossEntropyLoss(weight=class_weights))
+
+
+def report(header: list[str], table: list[str], rows: list[dict], log: Path | None) -> list[dict]:
+    """Print the table; write the header, the table and each row as JSON to the log when one is given."""
+    for line in table:
+        print(line, flush=True)
+    if log:
+        log.write_text("\n".join(header + table + [json.dumps(r) for r in rows]) + "\n")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -115,6 +162,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "training split")
     parser.add_argument("--epochs", type=int, default=1, help="--full-epoch runs: epochs on the whole training split "
                         "(the schedule spans them all; each epoch's validation macro-F1 is logged)")
+    parser.add_argument("--collapse", nargs="?", const="causes", default=None, choices=list(COLLAPSE_SETS),
+                        help="instead of stages 1-2: the COLLAPSE (causes) or COLLAPSE_SCALE (scale) configurations")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--notebook", type=Path, default=Path(os.environ.get("A5_NOTEBOOK", NOTEBOOK)))
@@ -156,11 +205,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         table += [f"{describe(r):<36} {r['batch']:>5} {r['train_s']:>8.1f} {r['accuracy']:>8.3f} {r['f1_macro']:>8.3f}"
                   f"  {r['val_f1_by_epoch']}"
                   for r in rows]
-        for line in table:
-            print(line, flush=True)
-        if args.log:
-            args.log.write_text("\n".join(lines + table + [json.dumps(r) for r in rows]) + "\n")
-        return rows
+        return report(lines, table, rows, args.log)
+    if args.collapse:
+        rows = [run_config(lib, c, loaders(subset), len(class_names), 1, class_weights)
+                for c in COLLAPSE_SETS[args.collapse]]
+        table = [f"{len(subset):,} training complaints, 1 epoch, batch {args.batch_size}",
+                 f"{'configuration':<50} {'accuracy':>8} {'macro-F1':>8} {'top class':>9}"]
+        table += [f"{describe(r):<50} {r['accuracy']:>8.3f} {r['f1_macro']:>8.3f} {r['top_class_share']:>9.1%}"
+                  for r in rows]
+        return report(lines, table, rows, args.log)
     stage1 = [run_config(lib, c, loaders(subset), len(class_names), 1, class_weights) for c in CONFIGS]
     best = max(stage1, key=lambda row: row["f1_macro"])
     stage2_df = subset if args.quick else train_df
@@ -172,11 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               for r in stage1]
     table += [f"stage 2: {describe(stage2)} on all {len(stage2_df):,} training complaints, {args.final_epochs} epochs: "
               f"validation macro-F1 by epoch {stage2['val_f1_by_epoch']}, {stage2['train_s']:.0f} s"]
-    for line in table:
-        print(line, flush=True)
-    if args.log:
-        args.log.write_text("\n".join(lines + table + [json.dumps(r) for r in [*stage1, stage2]]) + "\n")
-    return [*stage1, stage2]
+    return report(lines, table, [*stage1, stage2], args.log)
 
 
 if __name__ == "__main__":

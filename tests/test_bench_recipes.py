@@ -108,3 +108,32 @@ def test_lora_recipe_full_epoch_sets(lora_recipe):
     assert lora_recipe.FULL_EPOCH_SETS["batch"] == lora_recipe.FULL_EPOCH
     for name, runs in lora_recipe.FULL_EPOCH_SETS.items():
         assert runs and all(batch > 0 and config["pooling"] == "mean" for config, batch in runs), name
+
+
+def changed_keys(config: dict, reference: dict) -> set[str]:
+    return {key for key in reference if config[key] != reference[key]}
+
+
+def test_lora_collapse_design(lora_recipe):
+    """Each cause is the sweep's collapse with one factor changed; the scale set holds r x lr at the two values."""
+    sweep, *variants = lora_recipe.COLLAPSE
+    assert sweep["pooling"] == "cls" and sweep["r"] == 16 and sweep["lr"] == 2e-3 and sweep["loss"] == "plain"
+    assert all(len(changed_keys(config, sweep)) == 1 for config in variants)
+    products = sorted(round(c["r"] * c["lr"], 6) for c in lora_recipe.COLLAPSE_SCALE)
+    assert products == [0.016, 0.032, 0.032]
+    assert all(c["loss"] == "plain" and c["pooling"] == "cls" for c in lora_recipe.COLLAPSE_SCALE)
+
+
+@pytest.mark.slow
+def test_lora_collapse_quick_run(lora_recipe, tmp_path):
+    """Unweighted runs score and report the most predicted class's share (1.0 is a collapse to one class)."""
+    log = tmp_path / "log.txt"
+    rows = lora_recipe.main(["--quick", "--collapse", "scale", "--log", str(log)])
+    assert len(rows) == len(lora_recipe.COLLAPSE_SCALE)
+    assert all(0 < r["top_class_share"] <= 1 and 0 <= r["f1_macro"] <= 1 for r in rows)
+    assert "top class" in log.read_text()
+
+
+def test_lora_warmup_set_changes_only_the_warmup(lora_recipe):
+    for config, batch in lora_recipe.FULL_EPOCH_SETS["warmup"]:
+        assert changed_keys(config, lora_recipe.CENTRE) == {"warmup"} and batch == 8
