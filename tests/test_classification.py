@@ -332,13 +332,15 @@ def test_lora_trainable_parameters_match_formula(lib, r):
     num_labels, hidden, layers = 5, 128, 2
     torch.manual_seed(0)
     base = lib.BertForSequenceClassification(tiny_bert_config(lib, num_labels))
+    base_total = sum(p.numel() for p in base.parameters())
     lora = lib.get_peft_model(base, lib.LoraConfig(task_type=lib.TaskType.SEQ_CLS, r=r, lora_alpha=2 * r,
                                                      lora_dropout=0.1, target_modules=["query", "value"]))
     adapters = layers * 2 * r * (hidden + hidden)  # query and value: hidden -> hidden, A is r x in, B is out x r
     head = hidden * num_labels + num_labels  # SEQ_CLS makes the new classifier trainable
     trainable, total = lib.model_parameter_counts(lora)
     assert trainable == adapters + head
-    assert total == sum(p.numel() for p in base.parameters())
+    assert total == base_total + adapters  # the base with its adapters; peft's frozen copy of the head is not counted
+    assert lora.get_nb_trainable_parameters()[1] == total + head  # peft's own count includes that copy
 
 
 def nontrivial_lora(lib):
