@@ -78,6 +78,19 @@
 # | Part 3: TinyBERT, `LoraConfig` | [Fine-Tuning TinyBERT](#s2-lora-load) | the base model; the LoRA settings |
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
+#
+# **Beyond the seed**, skippable when grading: [Greedy vs beam search](#s1-decoding), the two *Try it
+# yourself* cells, the adapter merge check under [Training LoRA](#s2-lora-train), and the TF-IDF baseline and
+# error analysis around [Test results](#s2-test).
+#
+# **Where the code departs from the seed's letter**, on purpose:
+# - Data and models: the originals when reachable, otherwise offline stand-ins; the run summary names what
+#   ran. `lora_tokenizer` is the seed's `tokenizer` (`tokenizer` stays the small BERT's).
+# - `train_model` runs `run_validation` (printed examples, BLEU/chrF) every `bleu_every` epochs and after the
+#   last; every epoch prints the validation loss.
+# - `greedy_decode` also takes `allow_unk` and `repeat_guard`; with their defaults it is the seed's argmax decoder.
+# - Section 2 trains on a class-weighted `criterion` applied to the logits, not on `outputs.loss` (unweighted).
+#
 
 # %% [markdown]
 # <a id="run-summary"></a>
@@ -1082,7 +1095,7 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed, then translates the **whole** validation split with the batched `translate` (folded above)
+# the seed, then translates the **whole** validation split with the batched `translate` (folded below)
 # and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
 # Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
