@@ -109,7 +109,8 @@
 #
 # ### Run summary
 #
-# The headline results, and what this run used, are written here by the notebook's last cell.
+# The headline results, and what this run used, are written here by the notebook's last cell. The greedy and beam rows decode with the run's `allow_unk`
+# and `repeat_guard`, printed with the model's settings under [Training run](#s1-training-run).
 
 # %%
 from IPython.display import Markdown, display
