@@ -48,6 +48,7 @@ VARIANTS = {  # the `cpu` profile's training recipe with ...
     "cpu": {"dropout": 0.1},  # ... dropout 0.1, the profile before this benchmark
     "dropout0": {"dropout": 0.0},  # ... no dropout: the run under-fits (training loss with dropout ~ validation loss)
     "dropout0_warmup100": {"dropout": 0.0, "warmup_steps": 100},  # ... and a third of the warm-up
+    "dropout0_dff384": {"dropout": 0.0, "d_ff": 384},  # ... and half the feed-forward width (led at fixed time)
 }
 PLAIN_DECODING = {"allow_unk": True, "repeat_guard": 0}  # the "greedy" row: the decoder as the seed has it
 
