@@ -79,29 +79,26 @@
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
 #
-# **Beyond the seed**, skippable when grading: [Greedy vs beam search](#s1-decoding), the attention
-# heatmaps, the two *Try it yourself* cells, the adapter merge check under [Training LoRA](#s2-lora-train),
-# and the TF-IDF baseline and error analysis around [Test results](#s2-test). The seed's note on model sizes
-# against today's large models is answered under [Model sizes](#s2-sizes).
+# **Beyond the seed**, skippable when grading: the attention heatmaps, the two *Try it yourself* cells, the
+# adapter merge check under [Training LoRA](#s2-lora-train), and the TF-IDF baseline and error analysis
+# around [Test results](#s2-test). [Greedy vs beam search](#s1-decoding) is beyond the seed too, but it
+# also checks the seed's `greedy_decode` against the batched decoder that scores the validation split. The
+# seed's note on model sizes against today's large models is answered under [Model sizes](#s2-sizes).
 #
 # **Where the code departs from the seed's letter**, on purpose:
-# - Data and models: the originals when reachable, otherwise offline stand-ins; the run summary names what
-#   ran. `lora_tokenizer` is the seed's `tokenizer` (`tokenizer` stays the small BERT's). Models load through
-#   the `Bert*` classes, and a sentence-encoder base is read by mean pooling.
-# - Part 5 onwards: the attention and decoder classes also take a key/value `cache` (and `PositionalEncoding`
-#   a `start`) that only the batched decoders use; `tie_embeddings` and `fused_attention` are off by default.
-# - `get_ds` drops empty, duplicate and too-long pairs and splits by distinct English sentence. Training reads
-#   whole batches through `BilingualDataset.__getitems__` (padded to the longest pair, grouped by length);
-#   `__getitem__` is the seed's item, used by `run_validation`.
-# - `train_model` adds gradient clipping, a warm-up schedule and resumable checkpoints (the latest kept); it
-#   runs `run_validation` (printed examples, BLEU/chrF) every `bleu_every` epochs and after the last, and
-#   every epoch prints the validation loss. BLEU/chrF score the whole split decoded by the batched
-#   `translate`; the seed's `greedy_decode` is checked against it.
-# - `greedy_decode` also takes `allow_unk` and `repeat_guard` (the run's values are in the training run's
-#   printed settings); with their defaults it is the seed's argmax decoder.
-# - Section 2 splits train / validation / test, trains on a class-weighted `criterion` applied to the logits
-#   (not `outputs.loss`), with `torch.optim.AdamW` and a warm-up schedule, keeps the best validation epoch
-#   and, for the small BERT, stops early.
+# - Data and models: the originals when reachable, else offline stand-ins (the run summary names what ran);
+#   models load through the `Bert*` classes; Part 3's `tokenizer` is `lora_tokenizer`.
+# - Parts 1–9: `LayerNormalization` takes `features` (one `alpha` and `bias` per feature); `get_model`
+#   applies `tie_embeddings` (on in `cpu`) and `fused_attention` (off).
+# - Part 11: `get_ds` drops empty, duplicate and too-long pairs and splits by distinct English sentence;
+#   training batches come from `BilingualDataset.__getitems__` (padded to the longest pair, grouped by length).
+# - Parts 12–13: decoding takes `allow_unk` and `repeat_guard` (their defaults are the seed's decoder);
+#   `run_validation` also scores the whole split (BLEU/chrF) with the batched decoder; `train_model` adds
+#   gradient clipping, a learning-rate schedule and resumable checkpoints, and runs `run_validation` every
+#   `bleu_every` epochs and after the last.
+# - Section 2: a train / validation / test split; a class-weighted `criterion` on the logits (not
+#   `outputs.loss`); `torch.optim.AdamW` with warm-up; the best validation epoch kept; early stopping for
+#   the small BERT.
 #
 
 # %% [markdown]
@@ -109,8 +106,7 @@
 #
 # ### Run summary
 #
-# The headline results, and what this run used, are written here by the notebook's last cell. The greedy and beam rows decode with the run's `allow_unk`
-# and `repeat_guard`, printed with the model's settings under [Training run](#s1-training-run).
+# The headline results, and what this run used, are written here by the notebook's last cell.
 
 # %%
 from IPython.display import Markdown, display
@@ -398,8 +394,7 @@ class InputEmbeddings(nn.Module):
 #
 # Attention is blind to order, so each position gets a fixed vector added to its embedding:
 # $PE_{(pos,2i)}=\sin(pos/10000^{2i/d})$ on even dimensions, $\cos$ on odd ones. The table is a
-# *buffer*: it follows `.to(device)` and checkpoints, and the optimizer never sees it. `start` lets the
-# cached decoder encode position *t* for a single new token.
+# *buffer*: it follows `.to(device)` and checkpoints, and the optimizer never sees it.
 
 # %% tags=["lib", "todo"]
 class PositionalEncoding(nn.Module):
@@ -413,8 +408,8 @@ class PositionalEncoding(nn.Module):
         pe[:, 1::2] = torch.cos(position * div_term)
         self.register_buffer("pe", pe.unsqueeze(0))  # (1, seq_len, d_model), not a parameter
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        return self.dropout(x + self.pe[:, start : start + x.shape[1]])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x + self.pe[:, : x.shape[1]])
 
 
 # %% [markdown]
@@ -470,25 +465,7 @@ class FeedForwardBlock(nn.Module):
 #
 # $W^Q, W^K, W^V$ project the inputs, which are split into `h` heads of size $d_k=d_{model}/h$, attended
 # with $\mathrm{softmax}(QK^\top/\sqrt{d_k})V$ by the static `attention`, concatenated and mixed by $W^O$.
-# Masks hold 1 where attention is allowed. `cache` (batched decoding only) keeps the keys and values of
-# the positions already written. `fused_attention=True` in the config swaps in PyTorch's fused kernel
-# (folded cell below); it is off by default.
-
-# %% tags=["lib"]
-# @title Key/value cache of step-by-step decoding (cached_keys_values, used by MultiHeadAttentionBlock.forward)
-def cached_keys_values(block: nn.Module, k: torch.Tensor, v: torch.Tensor, cache: dict):
-    """`block`'s keys and values when the decoder writes one position at a time. Cross-attention projects the
-    encoder output once; self-attention appends the new position's keys and values to the earlier ones."""
-    if cache["kind"] == "cross" and "k" in cache:
-        return cache["k"], cache["v"]
-    key = block._split_heads(block.w_k(k))
-    value = block._split_heads(block.w_v(v))
-    if "k" in cache:
-        key = torch.cat([cache["k"], key], dim=2)
-        value = torch.cat([cache["v"], value], dim=2)
-    cache["k"], cache["v"] = key, value
-    return key, value
-
+# Masks hold 1 where attention is allowed; `store_attention_scores` keeps the weights for the heatmaps.
 
 # %% tags=["lib", "todo"]
 class MultiHeadAttentionBlock(nn.Module):
@@ -517,42 +494,23 @@ class MultiHeadAttentionBlock(nn.Module):
             attention_scores = dropout(attention_scores)
         return attention_scores @ value, attention_scores
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (batch, seq_len, d_model) -> (batch, h, seq_len, d_k)
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (batch, seq_len, d_model) -> (batch, h, seq_len, d_k)
         return x.view(x.shape[0], x.shape[1], self.h, self.d_k).transpose(1, 2)
 
-    def forward(self, q, k, v, mask, cache: dict | None = None):
-        # 1-2. project with W_Q, W_K, W_V and split into h heads: (batch, seq_len, d_model) -> (batch, h, seq_len, d_k)
-        query = self._split_heads(self.w_q(q))
-        if cache is None:
-            key = self._split_heads(self.w_k(k))
-            value = self._split_heads(self.w_v(v))
-        else:  # decoding one position at a time: the keys and values of earlier positions are reused (cell above)
-            key, value = cached_keys_values(self, k, v, cache)
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:  # (batch, h, seq_len, d_k) -> (batch, seq_len, d_model)
+        return x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model)
+
+    def forward(self, q, k, v, mask):
+        # 1-2. project with W_Q, W_K, W_V and split into h heads
+        query = self.split_heads(self.w_q(q))
+        key = self.split_heads(self.w_k(k))
+        value = self.split_heads(self.w_v(v))
         # 3. attention output and scores through `attention`
         x, scores = self.attention(query, key, value, mask, self.dropout)
         if self.store_attention_scores:
             self.attention_scores = scores
-        # 4. concatenate the heads, (batch, h, seq_len, d_k) -> (batch, seq_len, d_model), and apply W_O
-        x = x.transpose(1, 2).contiguous().view(x.shape[0], -1, self.d_model)
-        return self.w_o(x)
-
-
-# %% tags=["lib"]
-# @title Opt-in speed switch: PyTorch's fused attention kernel (FusedMultiHeadAttentionBlock, bench/README.md)
-class FusedMultiHeadAttentionBlock(MultiHeadAttentionBlock):
-    """The same block with `attention` computed by `F.scaled_dot_product_attention` (config `fused_attention`).
-    The fused kernel returns no weights, so the block falls back to the seed's `attention` while they are kept."""
-
-    def attention(self, query, key, value, mask, dropout: nn.Dropout | None):
-        if self.store_attention_scores:
-            return MultiHeadAttentionBlock.attention(query, key, value, mask, dropout)
-        keep = None
-        if mask is not None:
-            keep = mask != 0
-        dropout_p = 0.0
-        if dropout is not None and dropout.training:
-            dropout_p = dropout.p
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout_p), None
+        # 4. concatenate the heads and apply W_O
+        return self.w_o(self.merge_heads(x))
 
 
 # %% [markdown]
@@ -622,7 +580,7 @@ class Encoder(nn.Module):
 #
 # A `DecoderBlock` has three sub-layers: masked self-attention over the target written so far,
 # cross-attention (queries from the decoder, keys and values from the encoder output) and the
-# feed-forward network. `cache` carries keys and values between generation steps.
+# feed-forward network.
 
 # %% tags=["lib", "todo"]
 class DecoderBlock(nn.Module):
@@ -635,19 +593,15 @@ class DecoderBlock(nn.Module):
         self.residual_connections = nn.ModuleList([ResidualConnection(dropout, self_attention_block.d_model)
                                                    for _ in range(3)])
 
-    def forward(self, x, encoder_output, src_mask, tgt_mask, cache: dict | None = None):
-        self_cache, cross_cache = None, None
-        if cache is not None:  # decoding one position at a time: each attention keeps its keys and values
-            self_cache, cross_cache = cache["self"], cache["cross"]
-        x = self.residual_connections[0](x, lambda x: self.self_attention_block(x, x, x, tgt_mask, self_cache))
+    def forward(self, x, encoder_output, src_mask, tgt_mask):
+        x = self.residual_connections[0](x, lambda x: self.self_attention_block(x, x, x, tgt_mask))
         x = self.residual_connections[1](
-            x, lambda x: self.cross_attention_block(x, encoder_output, encoder_output, src_mask, cross_cache))
+            x, lambda x: self.cross_attention_block(x, encoder_output, encoder_output, src_mask))
         return self.residual_connections[2](x, self.feed_forward_block)
 
 
 # %% [markdown]
-# The `Decoder` stacks `N` blocks with a final normalisation; `new_cache` builds the empty
-# per-layer key/value store used by the incremental decoders of Part 12.
+# The `Decoder` stacks `N` blocks with a final normalisation.
 
 # %% tags=["lib", "todo"]
 class Decoder(nn.Module):
@@ -656,14 +610,9 @@ class Decoder(nn.Module):
         self.layers = layers
         self.norm = LayerNormalization(features=layers[0].self_attention_block.d_model)
 
-    def new_cache(self) -> list[dict]:
-        return [{"self": {"kind": "self"}, "cross": {"kind": "cross"}} for _ in self.layers]
-
-    def forward(self, x, encoder_output, src_mask, tgt_mask, cache: list[dict] | None = None):
-        if cache is None:
-            cache = [None] * len(self.layers)
-        for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, encoder_output, src_mask, tgt_mask, layer_cache)
+    def forward(self, x, encoder_output, src_mask, tgt_mask):
+        for layer in self.layers:
+            x = layer(x, encoder_output, src_mask, tgt_mask)
         return self.norm(x)
 
 
@@ -712,9 +661,9 @@ class Transformer(nn.Module):
     def encode(self, src, src_mask):
         return self.encoder(self.src_pos(self.src_embed(src)), src_mask)
 
-    def decode(self, encoder_output, src_mask, tgt, tgt_mask, cache: list[dict] | None = None, start: int = 0):
-        tgt = self.tgt_pos(self.tgt_embed(tgt), start=start)
-        return self.decoder(tgt, encoder_output, src_mask, tgt_mask, cache)
+    def decode(self, encoder_output, src_mask, tgt, tgt_mask):
+        tgt = self.tgt_pos(self.tgt_embed(tgt))
+        return self.decoder(tgt, encoder_output, src_mask, tgt_mask)
 
     def project(self, x):
         return self.projection_layer(x)
@@ -728,13 +677,9 @@ class Transformer(nn.Module):
 # %% tags=["lib", "todo"]
 def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int, tgt_seq_len: int,
                       d_model: int = 512, N: int = 6, h: int = 8, dropout: float = 0.1,
-                      d_ff: int = 2048, tie_embeddings: bool = False, fused_attention: bool = False) -> Transformer:
-    attention_class = MultiHeadAttentionBlock
-    if fused_attention:  # the opt-in speed switch (folded cell under Part 5)
-        attention_class = FusedMultiHeadAttentionBlock
-
+                      d_ff: int = 2048) -> Transformer:
     def attention() -> MultiHeadAttentionBlock:
-        return attention_class(d_model, h, dropout)
+        return MultiHeadAttentionBlock(d_model, h, dropout)
 
     encoder_blocks = []
     for _ in range(N):  # each block: self-attention, then the feed-forward network
@@ -750,8 +695,6 @@ def build_transformer(src_vocab_size: int, tgt_vocab_size: int, src_seq_len: int
     tgt_pos = PositionalEncoding(d_model, tgt_seq_len, dropout)
     projection_layer = ProjectionLayer(d_model, tgt_vocab_size)
     transformer = Transformer(encoder, decoder, src_embed, tgt_embed, src_pos, tgt_pos, projection_layer)
-    if tie_embeddings:  # the paper's section 3.4: one matrix embeds target words and scores them
-        transformer.projection_layer.proj.weight = transformer.tgt_embed.embedding.weight
     for p in transformer.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
@@ -882,15 +825,6 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
     return load_local_pairs(cache, src, tgt)
 
 
-def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Every pair of one English sentence lands on the same side of the split."""
-    sources = sorted({p["translation"][lang_src] for p in pairs})
-    n_val = int(len(sources) * val_fraction)
-    val_sources = set(random_split(sources, [len(sources) - n_val, n_val], torch.Generator().manual_seed(seed))[1])
-    return ([p for p in pairs if p["translation"][lang_src] not in val_sources],
-            [p for p in pairs if p["translation"][lang_src] in val_sources])
-
-
 def drop_long_pairs(pairs: list[dict], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, lang_src: str,
                     lang_tgt: str, seq_len: int) -> tuple[list[dict], int, int, int]:
     """Keep pairs that fit in seq_len; return (kept, n_dropped, longest source, longest target), the longest in
@@ -954,6 +888,16 @@ def pair_loader(dataset: "BilingualDataset", batch_size: int, shuffle: bool, see
 
 
 # %% tags=["lib", "todo"]
+def split_by_source(pairs: list[dict], lang_src: str, val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """`random_split` of the distinct English sentences (val_fraction 0.1: the seed's 90/10), every pair of one
+    sentence on the side of its sentence."""
+    sources = sorted({p["translation"][lang_src] for p in pairs})
+    n_val = int(len(sources) * val_fraction)
+    val_sources = set(random_split(sources, [len(sources) - n_val, n_val], torch.Generator().manual_seed(seed))[1])
+    return ([p for p in pairs if p["translation"][lang_src] not in val_sources],
+            [p for p in pairs if p["translation"][lang_src] in val_sources])
+
+
 def get_ds(config: dict, allow_downloads: bool = True):
     lang_src, lang_tgt, seq_len = config["lang_src"], config["lang_tgt"], config["seq_len"]
     ds_raw = load_translation_pairs(config, allow_downloads)
@@ -1063,14 +1007,14 @@ class BilingualDataset(PaddedPairBatches, Dataset):
         if len(src) + 2 > self.seq_len or len(tgt) + 1 > self.seq_len:  # [SOS] and [EOS] must fit too
             raise ValueError(f"Pair {idx} does not fit seq_len={self.seq_len}: {len(src)} source and {len(tgt)} "
                              "target tokens. Filter long pairs (drop_long_pairs) or raise seq_len.")
-        # [SOS] text [EOS] for the encoder; [SOS] text for the decoder; text [EOS] as the label; [PAD] up to seq_len
-        encoder_input = self._padded([[self.sos, *src, self.eos]], self.seq_len)
-        decoder_input = self._padded([[self.sos, *tgt]], self.seq_len)
-        label = self._padded([[*tgt, self.eos]], self.seq_len)
-        encoder_mask, decoder_mask = batch_masks(encoder_input, decoder_input, self.pad)
-        return {"encoder_input": encoder_input[0], "decoder_input": decoder_input[0], "label": label[0],  # (seq_len)
-                "encoder_mask": encoder_mask[0].int(),  # (1, 1, seq_len)
-                "decoder_mask": decoder_mask[0].int(),  # (1, seq_len, seq_len)
+        enc_padding = [self.pad] * (self.seq_len - len(src) - 2)
+        dec_padding = [self.pad] * (self.seq_len - len(tgt) - 1)
+        encoder_input = torch.tensor([self.sos, *src, self.eos, *enc_padding])  # [SOS] text [EOS] [PAD]...
+        decoder_input = torch.tensor([self.sos, *tgt, *dec_padding])  # [SOS] text [PAD]...
+        label = torch.tensor([*tgt, self.eos, *dec_padding])  # text [EOS] [PAD]...: the next word at each position
+        return {"encoder_input": encoder_input, "decoder_input": decoder_input, "label": label,  # (seq_len)
+                "encoder_mask": (encoder_input != self.pad).unsqueeze(0).unsqueeze(0).int(),  # (1, 1, seq_len)
+                "decoder_mask": (decoder_input != self.pad).unsqueeze(0).int() & casual_mask(self.seq_len).int(),
                 "src_text": self.src_texts[idx], "tgt_text": self.tgt_texts[idx]}
 
 
@@ -1113,7 +1057,45 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
 # %% tags=["lib"]
-# @title Batched decoding: KV-cached beam search (one beam = greedy), translate, text helpers
+# @title Batched decoding: the key/value cache, KV-cached beam search (one beam = greedy), translate, text helpers
+def cached_attention(block: MultiHeadAttentionBlock, x: torch.Tensor, memory: torch.Tensor | None, mask, cache: dict):
+    """`block` (Part 5) for the newest position only. Cross-attention (`memory` = the encoder output) projects its keys
+    and values once; self-attention (`memory` None: x) appends the new position's to those of the earlier positions."""
+    if memory is None:
+        memory = x
+    query = block.split_heads(block.w_q(x))
+    if cache["kind"] == "cross" and "k" in cache:
+        key, value = cache["k"], cache["v"]
+    else:
+        key = block.split_heads(block.w_k(memory))
+        value = block.split_heads(block.w_v(memory))
+    if cache["kind"] == "self" and "k" in cache:
+        key = torch.cat([cache["k"], key], dim=2)
+        value = torch.cat([cache["v"], value], dim=2)
+    cache["k"], cache["v"] = key, value
+    out, _ = block.attention(query, key, value, mask, block.dropout)
+    return block.w_o(block.merge_heads(out))
+
+
+def new_cache(model: Transformer) -> list[dict]:
+    return [{"self": {"kind": "self"}, "cross": {"kind": "cross"}} for _ in model.decoder.layers]
+
+
+def decode_step(model: Transformer, encoder_output, src_mask, token: torch.Tensor, position: int, cache: list[dict]):
+    """model.decode (Part 9) for one new position of each row, (batch, 1) tokens at `position`: the same blocks and
+    weights, each attention reusing the keys and values of the positions before (a test checks the two agree)."""
+    x = model.tgt_pos.dropout(model.tgt_embed(token) + model.tgt_pos.pe[:, position : position + 1])
+    for layer, layer_cache in zip(model.decoder.layers, cache):
+        attend_to_prefix = partial(cached_attention, layer.self_attention_block, memory=None, mask=None,
+                                   cache=layer_cache["self"])
+        attend_to_source = partial(cached_attention, layer.cross_attention_block, memory=encoder_output, mask=src_mask,
+                                   cache=layer_cache["cross"])
+        x = layer.residual_connections[0](x, attend_to_prefix)
+        x = layer.residual_connections[1](x, attend_to_source)
+        x = layer.residual_connections[2](x, layer.feed_forward_block)
+    return model.decoder.norm(x)
+
+
 @torch.no_grad()
 def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: int, pad_idx: int, max_len: int,
                              beam_size: int = 4, length_penalty: float = 0.6, banned_idx: int | None = None,
@@ -1123,7 +1105,7 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
     batch, k = source.size(0), beam_size
     encoder_output = model.encode(source, source_mask).repeat_interleave(k, dim=0)
     source_mask = source_mask.repeat_interleave(k, dim=0)
-    cache = model.decoder.new_cache()
+    cache = new_cache(model)
     tokens = torch.full((batch * k, 1), sos_idx, dtype=source.dtype, device=source.device)
     scores = torch.full((batch, k), float("-inf"), device=source.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -1131,7 +1113,7 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
     lengths = torch.zeros(batch * k, dtype=torch.long, device=source.device)
     first_row = torch.arange(batch, device=source.device).unsqueeze(1) * k
     for step in range(max_len - 1):
-        out = model.decode(encoder_output, source_mask, tokens[:, -1:], None, cache=cache, start=step)
+        out = decode_step(model, encoder_output, source_mask, tokens[:, -1:], step, cache)
         log_probs = model.project(out[:, -1]).float()  # (batch * k, vocab)
         vocab = log_probs.size(-1)
         forbid(log_probs, tokens, banned_idx, repeat_guard)
@@ -1244,9 +1226,8 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
     dataset = validation_ds.dataset
     for count in range(min(num_examples, len(dataset))):
         item = dataset[count]  # the seed's item: encoder_input, encoder_mask, ..., src_text, tgt_text
-        encoder_input = item["encoder_input"].unsqueeze(0).to(device)  # (1, seq_len): a batch of one
+        encoder_input = item["encoder_input"].unsqueeze(0).to(device)  # (1, seq_len): a batch of one sentence
         encoder_mask = item["encoder_mask"].unsqueeze(0).to(device)  # (1, 1, 1, seq_len)
-        assert encoder_input.size(0) == 1, "Batch size must be 1 for validation"
         model_out = greedy_decode(model, encoder_input, encoder_mask, tokenizer_src, tokenizer_tgt, max_len, device,
                                   allow_unk, repeat_guard)
         print_msg("-" * 80)
@@ -1279,58 +1260,98 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 #
 # `get_model` builds the Transformer from the config's sizes and the two vocabularies.
 
+# %% tags=["lib"]
+# @title Two model options beyond the seed, off by default: tied target embedding, fused attention (apply_model_options)
+class FusedMultiHeadAttentionBlock(MultiHeadAttentionBlock):
+    """The same block with `attention` computed by `F.scaled_dot_product_attention` (config `fused_attention`).
+    The fused kernel returns no weights, so the block falls back to the seed's `attention` while they are kept."""
+
+    def attention(self, query, key, value, mask, dropout: nn.Dropout | None):
+        if self.store_attention_scores:
+            return MultiHeadAttentionBlock.attention(query, key, value, mask, dropout)
+        keep = None
+        if mask is not None:
+            keep = mask != 0
+        dropout_p = 0.0
+        if dropout is not None and dropout.training:
+            dropout_p = dropout.p
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout_p), None
+
+
+def apply_model_options(model: Transformer, config: dict) -> Transformer:
+    """config["tie_embeddings"]: the output projection shares the target embedding's matrix (the paper's section 3.4).
+    config["fused_attention"]: every attention block computes with PyTorch's fused kernel (an opt-in speed switch;
+    bench/README.md says what it buys)."""
+    if config["tie_embeddings"]:
+        model.projection_layer.proj.weight = model.tgt_embed.embedding.weight
+    if config["fused_attention"]:
+        for module in model.modules():
+            if type(module) is MultiHeadAttentionBlock:
+                module.__class__ = FusedMultiHeadAttentionBlock  # same weights, another `attention`
+    return model
+
+
 # %% tags=["lib", "todo"]
 def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transformer:
-    return build_transformer(
+    model = build_transformer(
         vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"],
-        d_model=config["d_model"], N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"],
-        tie_embeddings=config["tie_embeddings"], fused_attention=config["fused_attention"])
+        d_model=config["d_model"], N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"])
+    return apply_model_options(model, config)  # tie_embeddings, fused_attention: both off by default (cell above)
 
 
 # %% [markdown]
-# `get_config()` returns the defaults (the paper's model, batch 8, lr $10^{-4}$, `seq_len` 350,
-# opus_books en→it); keyword arguments override keys, and an unknown key is an error.
+# `get_config()` returns the seed's keys with the paper's model, batch 8 and lr $10^{-4}$; the options
+# beyond the seed's list (folded) default to the seed's behaviour. Keyword arguments override keys; an
+# unknown key is an error.
+
+# %% tags=["lib"]
+# @title get_config's options beyond the seed's list (TRAINING_OPTIONS): each default is the seed's behaviour
+TRAINING_OPTIONS = {
+    "max_tokens": None,  # padded tokens per batch (batch_size caps its sentences); None = batch_size sentences
+    "adam_betas": (0.9, 0.999),  # Adam's (beta1, beta2): PyTorch's default; the paper used (0.9, 0.98)
+    "warmup_steps": 0,  # linear warm-up of the learning rate; 0 = constant
+    "lr_decay": "none",  # after warm-up: "none" (constant), "linear" or "cosine" to 0 at the end
+    "label_smoothing": 0.1,
+    "tie_embeddings": False,  # share the target embedding with the output projection (the paper's section 3.4)
+    "fused_attention": False,  # PyTorch's fused attention kernel instead of the static `attention`
+    "datasource": OPUS_BOOKS,  # or "bible" (the offline stand-in), or a .parquet / .jsonl / .tsv file
+    "max_pairs": None,  # a seeded subset of the corpus; None = all of it
+    "min_frequency": 2,  # a word needs this many occurrences for its own id; rarer words become [UNK]
+    "val_fraction": 0.1,  # share of the English sentences (with all their pairs) held out for validation
+    "seed": 42,
+    "num_examples": 2,  # validation sentences printed after the last epoch
+    "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
+    "allow_unk": True,  # decoding may write [UNK]; False: the decoder writes the best known word instead
+    "repeat_guard": 0,  # > 0: decoding never writes a third copy in a row of an n-gram, n <= repeat_guard
+    "bleu_every": 1,  # whole-split BLEU/chrF every k epochs (and after the last); 0 = after the last only
+    "log_every": 50,  # optimizer steps between two logged training losses (the loss curve's points)
+    "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
+    "show_progress": True,
+}
+
 
 # %% tags=["lib", "todo"]
 def get_config(**overrides) -> dict:
     config = {
-        "batch_size": 8,  # sentences per batch (the cap, when max_tokens is set)
-        "max_tokens": None,  # padded tokens per batch; None = batch_size sentences, as in the seed
+        "batch_size": 8,
         "num_epochs": 20,
         "lr": 10**-4,
-        "adam_betas": (0.9, 0.999),  # Adam's (beta1, beta2): PyTorch's default, as in the seed; the paper used (0.9, 0.98)
-        "warmup_steps": 0,  # linear warm-up of the learning rate; 0 = constant, as in the seed
-        "lr_decay": "none",  # after warm-up: "none" (constant, the seed), "linear" or "cosine" to 0 at the end
         "seq_len": 350,  # the longest sentence in tokens, [SOS] and [EOS] included; longer pairs are dropped
         "d_model": 512,
-        "N": 6,  # encoder blocks, and as many decoder blocks
-        "h": 8,  # attention heads
-        "d_ff": 2048,
-        "dropout": 0.1,
-        "label_smoothing": 0.1,
-        "eps": 1e-9,  # Adam's epsilon
-        "tie_embeddings": False,  # share the target embedding with the output projection (the paper's section 3.4)
-        "fused_attention": False,  # opt-in: PyTorch's fused attention kernel instead of the static `attention`
-        "datasource": OPUS_BOOKS,
         "lang_src": "en",
         "lang_tgt": "it",
-        "max_pairs": None,  # a seeded subset of the corpus; None = all of it
-        "min_frequency": 2,  # a word needs this many occurrences for its own id; rarer words become [UNK]
-        "val_fraction": 0.1,  # share of the English sentences (with all their pairs) held out for validation
-        "seed": 42,
         "model_folder": "weights",
         "model_basename": "tmodel_",
         "preload": None,  # None, "latest" or an epoch number
         "tokenizer_file": "data/tokenizer_{0}.json",
         "experiment_name": "runs/tmodel",
-        "num_examples": 2,  # validation sentences printed after the last epoch
-        "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
-        "allow_unk": True,  # decoding may write [UNK]; False: the decoder writes the best known word instead
-        "repeat_guard": 0,  # > 0: decoding never writes a third copy in a row of an n-gram, n <= repeat_guard
-        "bleu_every": 1,  # whole-split BLEU/chrF every k epochs (and after the last); 0 = after the last only
-        "log_every": 50,  # optimizer steps between two logged training losses (the loss curve's points)
-        "keep_every_checkpoint": False,  # False: only the latest checkpoint stays on disk (all that resuming needs)
-        "show_progress": True,
+        # beyond the seed's list: the rest of the paper's model, Adam's epsilon, and the options of the cell above
+        "N": 6,  # encoder blocks, and as many decoder blocks
+        "h": 8,  # attention heads
+        "d_ff": 2048,
+        "dropout": 0.1,
+        "eps": 1e-9,  # Adam's epsilon
+        **TRAINING_OPTIONS,
     }
     if unknown := set(overrides) - set(config):
         raise KeyError(f"Unknown config keys: {sorted(unknown)}")
@@ -1345,8 +1366,9 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # `train_model` follows the seed's list (its comments number the steps). The loss ignores `[PAD]` and
 # smooths labels by 0.1; `optimizer_step`, shared by both sections, clips gradients at 1, steps and
 # advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one
-# printed line and a checkpoint from which `preload="latest"` resumes; the test suite checks that a run
-# resumed after its first epoch ends with the same weights as an uninterrupted one.
+# printed line and a checkpoint from which `preload="latest"` resumes, unless it was trained with another
+# model shape or data; the test suite checks that a run resumed after its first epoch ends with the same
+# weights as an uninterrupted one.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1421,10 +1443,13 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 # %% tags=["lib"]
 # @title Training support: validation loss, learning-rate schedule, loss meter, checkpoints, resume and random states
 @torch.no_grad()
-def evaluate_loss(model, dataloader, loss_fn, device, precision: Precision) -> float:
+def validation_loss(model, val_dataloader: DataLoader, loss_fn, device, precision: Precision, config: dict) -> float:
+    """Mean loss per target token over the validation split, in batches capped by padded tokens like training's
+    (so they fit wherever training fits)."""
     model.eval()
+    batches = pair_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False, max_tokens=config["max_tokens"])
     total, tokens = torch.zeros((), device=device), 0
-    for batch in dataloader:
+    for batch in batches:
         with precision.autocast():
             total += compute_loss(model, batch, loss_fn, device) * batch["tgt_tokens"]
         tokens += batch["tgt_tokens"]
@@ -1497,6 +1522,17 @@ def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) ->
             older.unlink()
 
 
+# What a checkpoint must share with the run that resumes it: the model's shape and the data it learned from.
+RESUME_KEYS = ("datasource", "lang_src", "lang_tgt", "max_pairs", "min_frequency", "val_fraction", "seed", "seq_len",
+               "d_model", "N", "h", "d_ff", "tie_embeddings")
+
+
+def changed_settings(saved: dict, config: dict) -> str:
+    """The RESUME_KEYS on which a checkpoint's config differs from `config`, as "key saved -> now"; "" if none."""
+    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
+    return ", ".join(changed)
+
+
 def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
     """train_model's step 7. Without a checkpoint to preload: epoch 0 and empty progress. With one: the model,
     optimizer, schedule, scaler and random states restored from it, and the epoch after the one it saved."""
@@ -1504,8 +1540,12 @@ def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
     model_filename = checkpoint_to_preload(config)
     if model_filename is None:
         return 0, progress
-    print(f"Preloading model {model_filename}")
     state = load_checkpoint(model_filename)
+    changed = changed_settings(state["config"], config)
+    if changed:
+        print(f"Not preloading {model_filename}: it was trained with other settings ({changed}); starting from scratch")
+        return 0, progress
+    print(f"Preloading model {model_filename}")
     for name, part in stateful.items():
         part.load_state_dict(state[f"{name}_state_dict"])
     restore_rng_states(state["rng_states"])
@@ -1516,9 +1556,10 @@ def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
 
 class LossMeter:
     """An epoch's training loss, summed on the device (no host synchronisation per step): per target token over
-    the epoch, and the mean of the steps since the last logged value."""
+    the epoch, and the mean of the steps since the last logged value; and the epoch's clock."""
 
     def __init__(self, device) -> None:
+        self.started = time.time()
         self.device = device
         self.total = torch.zeros((), device=device)
         self.tokens = 0
@@ -1540,6 +1581,26 @@ class LossMeter:
 
     def epoch_loss(self) -> float:
         return self.total.item() / max(self.tokens, 1)
+
+
+def log_training_loss(losses: LossMeter, progress: dict, writer, optimizer, batch_iterator, log_every: int) -> None:
+    """Every `log_every` steps (the only host synchronisation of a step): the mean loss of those steps to
+    TensorBoard, the loss curve and the progress bar, and the learning rate to TensorBoard."""
+    step = progress["global_step"]
+    if step % log_every:
+        return
+    logged = losses.take_window()
+    progress["step_losses"].append((step, logged))
+    writer.add_scalar("train/loss", logged, step)
+    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
+
+
+def epoch_record(epoch: int, losses: LossMeter, global_step: int) -> dict:
+    """The epoch's training numbers; train_model adds the validation loss and, when scored, BLEU/chrF."""
+    seconds = time.time() - losses.started
+    return {"epoch": epoch + 1, "train_loss": losses.epoch_loss(), "val_loss": math.nan, "bleu": math.nan,
+            "chrf": math.nan, "train_seconds": seconds, "tokens_per_second": losses.tokens / seconds, "steps": global_step}
 
 
 def bleu_due(config: dict, epoch: int) -> bool:
@@ -1621,15 +1682,12 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
     # 8. cross-entropy that ignores [PAD] and smooths the labels
     loss_fn = nn.CrossEntropyLoss(ignore_index=special_ids(tokenizer_tgt)[2],
                                   label_smoothing=config["label_smoothing"]).to(device)
-    # validation batches are capped by padded tokens like training batches, so they fit wherever training fits
-    val_loss_loader = pair_loader(val_dataloader.dataset, config["eval_batch_size"], shuffle=False,
-                                  max_tokens=config["max_tokens"])
 
-    def validate(num_examples: int) -> dict:
+    def validate() -> dict:  # run_validation: printed examples, then BLEU/chrF of the whole split
         with precision.autocast():
             return run_validation(model, val_dataloader, tokenizer_src, tokenizer_tgt, config["seq_len"], device,
-                                  tqdm.write, progress["global_step"], writer, num_examples, config["eval_batch_size"],
-                                  config["allow_unk"], config["repeat_guard"])
+                                  tqdm.write, progress["global_step"], writer, config["num_examples"],
+                                  config["eval_batch_size"], config["allow_unk"], config["repeat_guard"])
 
     validation = None
     # 9. the training loop
@@ -1637,7 +1695,6 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
         model.train()
         train_dataloader.batch_sampler.set_epoch(epoch)
         losses = LossMeter(device)
-        started = time.time()
         batch_iterator = tqdm(train_dataloader, desc=f"Processing Epoch {epoch:02d}",
                               disable=not config["show_progress"], leave=False)
         for batch in batch_iterator:
@@ -1646,35 +1703,21 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
             optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler)  # backward, step, zero
             losses.add(loss, batch["tgt_tokens"])
             progress["global_step"] += 1
-            if progress["global_step"] % config["log_every"] == 0:  # the only host synchronisation of a step
-                logged = losses.take_window()
-                progress["step_losses"].append((progress["global_step"], logged))
-                writer.add_scalar("train/loss", logged, progress["global_step"])
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress["global_step"])
-                batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
-        train_seconds = time.time() - started
+            log_training_loss(losses, progress, writer, optimizer, batch_iterator, config["log_every"])  # TensorBoard
 
-        # after each epoch: the validation loss, and run_validation (BLEU/chrF) when due
-        val_loss = evaluate_loss(model, val_loss_loader, loss_fn, device, precision)
-        writer.add_scalar("validation/loss", val_loss, progress["global_step"])
-        record = {"epoch": epoch + 1, "train_loss": losses.epoch_loss(), "val_loss": val_loss, "bleu": math.nan,
-                  "chrf": math.nan, "train_seconds": train_seconds, "tokens_per_second": losses.tokens / train_seconds,
-                  "steps": progress["global_step"]}
-        last = epoch + 1 == config["num_epochs"]
+        # after each epoch: the validation loss, and run_validation when due
+        record = epoch_record(epoch, losses, progress["global_step"])
+        record["val_loss"] = validation_loss(model, val_dataloader, loss_fn, device, precision, config)
+        writer.add_scalar("validation/loss", record["val_loss"], progress["global_step"])
         if bleu_due(config, epoch):
-            num_examples = 0
-            if last:  # the seed's printed examples, after the last epoch
-                num_examples = config["num_examples"]
-            validation = validate(num_examples)
+            validation = validate()
             record["bleu"], record["chrf"] = validation["bleu"], validation["chrf"]
         progress["history"].append(record)
         print(epoch_line(record, config["num_epochs"]), flush=True)
         # 10. the model, optimizer state and global step, after each epoch
         save_checkpoint(config, epoch, progress, stateful)
-        if epoch == initial_epoch and not last:  # after the first epoch: the time left
-            print(f"about {(config['num_epochs'] - epoch - 1) * (time.time() - started) / 60:.1f} min of training left")
     if validation is None:  # a run resumed after its last epoch: score the final model now
-        validation = validate(config["num_examples"])
+        validation = validate()
     writer.close()
     return {"model": model, "history": progress["history"], "step_losses": progress["step_losses"],
             "tokenizer_src": tokenizer_src, "tokenizer_tgt": tokenizer_tgt, "train_dataloader": train_dataloader,
@@ -1686,13 +1729,12 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
 #
 # ### Training run
 #
-# `TRANSLATION_PROFILES` (folded below) overrides `get_config()` per profile: `full` keeps the paper's
-# model for a GPU, with batches of up to 2,048 padded tokens, warm-up, cosine decay and Adam β2 0.98;
-# `cpu` is a 2-layer, 192-wide model sized for the whole notebook to run within 45 minutes on two cores,
-# its settings chosen in the benchmark report (`bench/README.md`), which says which led and which were kept
-# without a measured lead;
-# `smoke` is CI's. The run prints the pair counts (`get_ds`), the parameter count, one line per epoch and
-# two example translations; a checkpoint of this profile, when found, is resumed.
+# `TRANSLATION_PROFILES` (folded below) overrides `get_config()` per profile: `full` is the paper's model
+# for a GPU (batches of up to 2,048 padded tokens, warm-up, cosine decay, Adam β2 0.98); `cpu` is a
+# 2-layer, 192-wide model with which the whole notebook runs within 45 minutes on two CPU cores, its
+# settings measured in the benchmark report (`bench/README.md`); `smoke` is CI's. The run prints the pair
+# counts, the parameter count, one line per epoch and two example translations, and resumes from this
+# profile's checkpoint when one exists.
 
 # %% tags=["lib"]
 # @title Section 1's run profiles (TRANSLATION_PROFILES): the paper-sized `full` for a GPU, `cpu`, CI's `smoke`
@@ -1700,11 +1742,11 @@ TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
     # cpu: tied embedding, beta2 0.98 and lr 2e-3 led at equal CPU time in bench/bench_cpu_recipe.py, and
-    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK] and the repeat guard led on the
-    # development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
+    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK], the repeat guard and d_ff 384 led on
+    # the development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
     "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
             "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
-            "d_ff": 768, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4,
+            "d_ff": 384, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4,
             "bleu_every": 0},
     "smoke": {"batch_size": 16, "num_epochs": 2, "lr": 1e-3, "seq_len": 32, "d_model": 32, "N": 1, "h": 2,
               "d_ff": 64, "max_pairs": 600},
@@ -1747,7 +1789,7 @@ RUN_INFO["models"]["Transformer en→it"] = (
 # ### Training curves
 #
 # The training loss (mean of each `log_every` steps) and the validation loss after each epoch, both
-# label-smoothed cross-entropy per target token, so neither reaches 0. The table lists every epoch.
+# label-smoothed cross-entropy per target token, so neither reaches 0.
 
 # %% tags=["lib"]
 # @title Training curves of the translation model (plot_translation_curves)
@@ -1780,7 +1822,6 @@ def plot_translation_curves(step_losses: list[tuple[int, float]], history: pd.Da
 
 # %%
 plot_translation_curves(result["step_losses"], history, translation_config["log_every"])
-display(history.round(3))  # BLEU/chrF: NaN for the epochs that were not scored
 
 
 # %% [markdown]
@@ -2143,7 +2184,7 @@ def sample_complaints(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFram
 
 # %% tags=["todo"]
 single = single_class_rows(df)
-df_sample = sample_complaints(df.loc[~single].reset_index(drop=True), section2_sizes["sample_size"], SEED)
+df_sample = sample_complaints(df.loc[~single].reset_index(drop=True), section2_sizes["sample_size"], SEED)  # df.sample
 print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)}; "
       f"loaded data {df.shape}, sample {df_sample.shape} (sample_size {section2_sizes['sample_size']})")
 display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whole narratives, wrapped
@@ -2414,9 +2455,11 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} train
 
 # %% tags=["lib"]
 # @title Helpers of the training loop: optimizer, class weights, macro-F1, predictions
-def make_optimizer(model: nn.Module, lr: float, total_steps: int):
+def make_optimizer(model: nn.Module, lr: float, total_steps: int, warmup_fraction: float = 0.1):
+    """AdamW over the trainable parameters; the learning rate warms up over `warmup_fraction` of the steps, then
+    decays linearly to 0."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    return optimizer, warmup_schedule(optimizer, int(0.1 * total_steps), total_steps, "linear")
+    return optimizer, warmup_schedule(optimizer, int(warmup_fraction * total_steps), total_steps, "linear")
 
 
 def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
@@ -2533,8 +2576,8 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 
 # %% [markdown]
 # The small BERT trains with AdamW (weight decay `0.01`). The classes are far from balanced (counts
-# above), so `criterion` weighs each class by $n / (K \cdot n_c)$ (`balanced_class_weights`), as macro-F1
-# does; LoRA uses the same `criterion`.
+# above), so `criterion` weighs each class by $n / (K \cdot n_c)$ (`balanced_class_weights`): each class counts
+# equally, as in macro-F1. LoRA uses the same `criterion`.
 
 # %% tags=["todo"]
 class_weights = balanced_class_weights(y_train, len(class_names))  # n / (K · n_c): each class weighs the same
@@ -2630,8 +2673,8 @@ def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_
 # The head reads what the base model was trained to give: the mean of the token vectors for a sentence
 # encoder (all-MiniLM-L6-v2), `[CLS]` and the pooler otherwise (bert-tiny); the line below names the class
 # that loaded. `LORA_HPARAMS`, `LORA_LR`, the `cpu` batch of 8, the warm-up over 10% of
-# the steps and `max_len` 128 were chosen on the validation split in the benchmark report
-# (`bench/README.md`); there the warm-up ties 0% and lr 2e-3 ties 1e-3. With `TaskType.SEQ_CLS`, peft also trains
+# the steps and `max_len` 128 were chosen on the validation split in the repository's benchmark report
+# (`bench/README.md`), where some of them tie with the alternatives. With `TaskType.SEQ_CLS`, peft also trains
 # the new classification head.
 
 # %% tags=["lib", "todo"]
@@ -2667,11 +2710,9 @@ print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HP
 with warnings.catch_warnings():  # peft still calls a transformers method deprecated for v6
     warnings.simplefilter("ignore", FutureWarning)
     lora_model = get_peft_model(base_model, lora_config)
-lora_model.print_trainable_parameters()
-lora_trainable, lora_total = model_parameter_counts(lora_model)  # without peft's frozen copy of the new head
-print(f"{lora_total - lora_trainable:,} frozen parameters of the base model and {lora_trainable:,} trained (LoRA "
-      f"matrices and the new head); peft's count above adds a frozen copy of that head "
-      f"({lora_model.get_nb_trainable_parameters()[1] - lora_total:,})")
+lora_trainable, lora_total = model_parameter_counts(lora_model)  # (peft's frozen spare copy of the new head not counted)
+print(f"trainable parameters: {lora_trainable:,} (LoRA matrices and the new head) of {lora_total:,} "
+      f"({100 * lora_trainable / lora_total:.2f}%); the base model's {lora_total - lora_trainable:,} are frozen")
 RUN_INFO["models"]["LoRA"] = f"LoRA on {lora_base_name}: {lora_trainable:,} trainable of {lora_total:,} parameters"
 
 lora_pad = lora_tokenizer.pad_token_id
@@ -3024,8 +3065,8 @@ def interval(name: str, metric: str) -> str:
     return f"{test_metrics[name][metric]:.3f} ({low:.3f}–{high:.3f})"
 
 
-def compared(a: str, b: str, metric: str) -> str:
-    """a minus b on `metric`, with the paired bootstrap's verdict."""
+def compared(a: str, b: str, metric: str) -> tuple[str, str]:
+    """(verdict, "difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
     _, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
                                                seed=SEED, metric=metric)
     diff = round(test_metrics[a][metric], 3) - round(test_metrics[b][metric], 3)  # as the table rounds them
@@ -3035,7 +3076,7 @@ def compared(a: str, b: str, metric: str) -> str:
         verdict = "worse"
     else:
         verdict = "no measurable difference"
-    return f"{diff:+.3f} ({verdict}; {low:+.3f} to {high:+.3f})"
+    return verdict, f"{diff:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 if SOURCES["complaints"].standin:
@@ -3056,28 +3097,29 @@ if len(differences) > 1:
     differences_text = f"{', '.join(differences[:-1])} and {differences[-1]}"
 else:
     differences_text = differences[0]
-if len(lora_history) > 1:
-    last_gain = lora_history[-1]["val_f1"] - lora_history[-2]["val_f1"]
-    epochs_note = f"LoRA's validation macro-F1 moves by {last_gain:+.3f} in its last epoch."
+lora_verdict, lora_difference = compared(lora_name, bert_name, "f1_macro")
+metric_names = {"f1_macro": "macro-F1", "accuracy": "accuracy", "f1_weighted": "weighted-F1"}
+against_baseline = {metric_names[m]: compared(best_transformer, baseline_name, m) for m in metric_names}
+baseline_verdicts = {verdict for verdict, _ in against_baseline.values()}
+if baseline_verdicts == {"no measurable difference"}:
+    baseline_summary = "no measurable difference on any of the three"
 else:
-    epochs_note = "LoRA trains for one epoch in this profile."
+    baseline_summary = "; ".join(f"{verdict} on {metric}" for metric, (verdict, _) in against_baseline.items())
+baseline_differences = ", ".join(f"{metric} {difference}" for metric, (_, difference) in against_baseline.items())
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
               f"{test_metrics[name]['f1_weighted']:.3f} | {costs[name]['trainable params']:,} |" for name in test_metrics]
 display(Markdown("\n".join([
     "| test split | accuracy (95% CI) | macro-F1 (95% CI) | weighted-F1 | trainable parameters |",
     "|---|---|---|---:|---:|", *table_rows, "",
     f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA's "
-    f"macro-F1 differs from the small BERT's by {compared(lora_name, bert_name, 'f1_macro')}. "
-    f"Against the TF-IDF baseline, {best_transformer} (the transformer with the higher macro-F1) differs by "
-    f"{compared(best_transformer, baseline_name, 'f1_macro')} in macro-F1, "
-    f"{compared(best_transformer, baseline_name, 'accuracy')} in accuracy and "
-    f"{compared(best_transformer, baseline_name, 'f1_weighted')} in weighted-F1. "
-    f"The comparison with the small BERT does not isolate pretraining: LoRA's run also differs in {differences_text}. "
-    f"On validation, the baseline's macro-F1 is {val_comparison.iloc[0]:.3f} on whole complaints and "
-    f"{val_comparison.iloc[1]:.3f} on their first {max_len} tokens, which is all the transformers see. {epochs_note} "
-    f"LoRA trains {lora_trainable:,} parameters and stores a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter; "
-    f"an epoch takes {costs[lora_name]['s / epoch']:.1f} s against the small BERT's "
-    f"{costs[bert_name]['s / epoch']:.1f} s."])))
+    f"macro-F1 against the small BERT's: {lora_verdict}, {lora_difference}. "
+    f"{best_transformer} against the TF-IDF baseline: {baseline_summary} ({baseline_differences}). "
+    f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
+    f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
+    f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "
+    f"LoRA trains {lora_trainable:,} parameters (a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter) at "
+    f"{costs[lora_name]['s / epoch']:.0f} s an epoch, the small BERT {bert_total:,} at "
+    f"{costs[bert_name]['s / epoch']:.0f} s."])))
 
 # %% [markdown]
 # ### Filling in the run summary
@@ -3101,7 +3143,15 @@ if torch.cuda.is_available():
 else:
     cpu = platform.processor() or platform.machine()
     hardware = f"CPU only: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-results = [f"| Transformer en→it, {name}, validation | BLEU {row['BLEU']:.2f} (± {row['BLEU 95% ±']:.2f}) | "
+decoding_notes = []  # the decoders' settings, as the Training run prints them
+if not translation_config["allow_unk"]:
+    decoding_notes.append("no [UNK]")
+if translation_config["repeat_guard"]:
+    decoding_notes.append(f"repeat guard {translation_config['repeat_guard']}")
+decoding_note = ""
+if decoding_notes:
+    decoding_note = f" ({', '.join(decoding_notes)})"
+results = [f"| Transformer en→it, {name}{decoding_note}, validation | BLEU {row['BLEU']:.2f} (± {row['BLEU 95% ±']:.2f}) | "
            f"chrF {row['chrF']:.2f} (± {row['chrF 95% ±']:.2f}) |" for name, row in decoding.iterrows()]
 results += [f"| {name}, test | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"
             for name in test_metrics]

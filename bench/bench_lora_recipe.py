@@ -111,13 +111,12 @@ def run_config(lib, config: dict, loaders: tuple, num_labels: int, epochs: int, 
     trainable, _ = lib.model_parameter_counts(model)
     lib.set_seed(SEED)
     total_steps = epochs * len(train_loader)
-    optimizer, scheduler = lib.make_optimizer(model, config["lr"], total_steps)
-    if config["loraplus"]:
+    optimizer, scheduler = lib.make_optimizer(model, config["lr"], total_steps, warmup_fraction=config["warmup"])
+    if config["loraplus"]:  # peft's optimizer with its own learning rate for B, on the notebook's schedule
         from peft.optimizers import create_loraplus_optimizer
 
         optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=config["lr"], weight_decay=0.01,
                                               loraplus_lr_ratio=config["loraplus"])
-    if config["loraplus"] or config["warmup"] != CENTRE["warmup"]:
         scheduler = lib.warmup_schedule(optimizer, int(config["warmup"] * total_steps), total_steps, "linear")
     weights = class_weights if config["loss"] == "weighted" else None
     history = train(lib, model, train_loader, val_loader, optimizer, scheduler, epochs, describe(config), weights)

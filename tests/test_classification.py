@@ -468,3 +468,18 @@ def test_mean_pooled_lora_trains_only_adapters_and_head_and_merges(lib):
         adapted = lora(input_ids=ids, attention_mask=mask).logits
         merged = copy.deepcopy(lora).merge_and_unload().eval()(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+
+
+def test_make_optimizer_warms_up_over_its_fraction_of_the_steps(lib):
+    model = torch.nn.Linear(3, 2)
+    peaks = {}
+    for fraction in (0.0, 0.1, 0.5):
+        optimizer, scheduler = lib.make_optimizer(model, lr=1.0, total_steps=20, warmup_fraction=fraction)
+        rates = []
+        for _ in range(20):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        peaks[fraction] = rates.index(max(rates))  # the step at which warm-up ends
+        assert rates[-1] < rates[peaks[fraction]]  # then linear decay
+    assert peaks[0.0] == 0 and peaks[0.0] < peaks[0.1] < peaks[0.5] <= 10

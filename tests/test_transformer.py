@@ -37,7 +37,6 @@ def test_positional_encoding_values_and_buffer(lib):
             assert pe.pe[0, pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
     x = torch.randn(2, 5, d_model)
     assert torch.allclose(pe(x), x + pe.pe[:, :5])
-    assert torch.allclose(pe(x[:, :1], start=4), x[:, :1] + pe.pe[:, 4:5])  # the cached decoder's offset
     pe.train()
     assert (pe(torch.zeros(4, 12, d_model)) == 0).any()  # dropout is active in training
 
@@ -148,6 +147,24 @@ def test_decoder_has_no_future_leakage(lib):
     b = model.decode(memory, src_mask, changed, mask)
     assert torch.allclose(a[0, :5], b[0, :5], atol=1e-6)  # positions before the change see nothing of it
     assert not torch.allclose(a[0, 5:], b[0, 5:])
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["static-attention", "fused-attention"])
+def test_cached_decode_step_equals_decode_over_the_prefix(lib, fused):
+    """decode_step (the batched decoders' key/value cache) computes what model.decode computes over the whole prefix."""
+    model = toy_model(lib)
+    if fused:
+        model = lib.apply_model_options(model, lib.get_config(fused_attention=True))
+    src = torch.randint(4, 20, (2, 6))
+    src_mask = torch.ones(2, 1, 1, 6, dtype=torch.int)
+    src_mask[1, ..., 4:] = 0  # the second source is padded
+    memory = model.encode(src, src_mask)
+    tgt = torch.randint(4, 20, (2, 7))
+    full = model.decode(memory, src_mask, tgt, lib.casual_mask(7).int())
+    cache = lib.new_cache(model)
+    steps = [lib.decode_step(model, memory, src_mask, tgt[:, t : t + 1], t, cache) for t in range(7)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    assert cache[0]["self"]["k"].shape[2] == 7 and cache[0]["cross"]["k"].shape[2] == 6
 
 
 def test_casual_mask(lib):
@@ -622,7 +639,8 @@ def test_forced_precision(lib):
 
 def test_tied_embeddings_share_one_matrix(lib):
     untied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32)
-    tied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32, tie_embeddings=True)
+    tied = lib.apply_model_options(lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32),
+                                   lib.get_config(tie_embeddings=True))
     assert tied.projection_layer.proj.weight is tied.tgt_embed.embedding.weight
     assert untied.projection_layer.proj.weight is not untied.tgt_embed.embedding.weight
     count = lib.model_parameter_counts
@@ -635,3 +653,14 @@ def test_tied_embeddings_share_one_matrix(lib):
 def test_config_reads_adam_epsilon(lib):
     assert lib.get_config()["eps"] == 1e-9
     assert lib.get_config(eps=1e-8)["eps"] == 1e-8
+
+
+def test_checkpoint_of_another_model_is_not_preloaded(lib, tmp_path, capsys):
+    data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(60))
+    lib.train_model(tiny_config(lib, tmp_path, data, num_epochs=1))
+    wider = lib.train_model(tiny_config(lib, tmp_path, data, num_epochs=1, d_ff=48, preload="latest"))
+    assert "Not preloading" in capsys.readouterr().out and "d_ff 32 -> 48" in lib.changed_settings(
+        lib.get_config(d_ff=32), lib.get_config(d_ff=48))
+    assert [h["epoch"] for h in wider["history"]] == [1]  # trained from scratch, not resumed
+    assert wider["model"].encoder.layers[0].feed_forward_block.linear_1.out_features == 48
+    assert lib.changed_settings(lib.get_config(), lib.get_config(num_epochs=30)) == ""  # more epochs: resumable
