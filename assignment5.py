@@ -2192,7 +2192,7 @@ single = single_class_rows(df)
 df_sample = sample_complaints(df.loc[~single].reset_index(drop=True), section2_sizes["sample_size"], SEED)  # df.sample
 print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)}; "
       f"loaded data {df.shape}, sample {df_sample.shape} (sample_size {section2_sizes['sample_size']})")
-shorten = partial(textwrap.shorten, width=300, placeholder=" …")  # the first 300 characters of each narrative
+shorten = partial(textwrap.shorten, width=300, placeholder=" […]")  # the first 300 characters of each narrative
 display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.format({"Consumer complaint narrative": shorten})
         .set_properties(**{"white-space": "normal", "text-align": "left"}))
 
