@@ -96,8 +96,8 @@
 #   `run_validation` also scores the whole split (BLEU/chrF) with the batched decoder; `train_model` adds
 #   gradient clipping, a learning-rate schedule and resumable checkpoints, and runs `run_validation` every
 #   `bleu_every` epochs and after the last.
-# - Section 2: a train / validation / test split; a class-weighted `criterion` on the logits (not
-#   `outputs.loss`); `torch.optim.AdamW` with warm-up; the best validation epoch kept; early stopping for
+# - Section 2: a train / validation / test split; `ComplaintDataset` items unpadded (each batch padded to its
+#   longest item); a class-weighted `criterion` on the logits (not `outputs.loss`); `torch.optim.AdamW` with warm-up; the best validation epoch kept; early stopping for
 #   the small BERT.
 #
 
