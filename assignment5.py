@@ -1368,8 +1368,8 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # `train_model` follows the seed's list (its comments number the steps). The loss ignores `[PAD]` and
 # smooths labels by 0.1; `optimizer_step`, shared by both sections, clips gradients at 1, steps and
 # advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one
-# printed line and a checkpoint from which `preload="latest"` resumes, unless it was trained with another
-# model shape or data; the test suite checks that a run resumed after its first epoch ends with the same
+# printed line and a checkpoint (`save_checkpoint`, step 10) from which `preload="latest"` resumes
+# (`preload_checkpoint`, step 7), unless it was trained with another model shape or data; the test suite checks that a run resumed after its first epoch ends with the same
 # weights as an uninterrupted one.
 
 # %% tags=["lib"]
@@ -1547,7 +1547,7 @@ def epoch_line(record: dict, num_epochs: int) -> str:
 
 
 # %% tags=["lib"]
-# @title train_model's steps 7 and 10: checkpoints (model, optimizer, schedule and scaler states, global step, epoch, random states) and resuming
+# @title Checkpoint plumbing: random states, which checkpoint to preload, the settings a resume must share
 def rng_states() -> dict:
     """Every generator the run draws from, as bytes and tuples, usable wherever `torch.load` maps a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
@@ -1582,6 +1582,18 @@ def checkpoint_to_preload(config: dict) -> Path | None:
     return Path(get_weights_file_path(config, f"{int(preload):02d}"))
 
 
+# What a checkpoint must share with the run that resumes it: the model's shape and the data it learned from.
+RESUME_KEYS = ("datasource", "lang_src", "lang_tgt", "max_pairs", "min_frequency", "val_fraction", "seed", "seq_len",
+               "d_model", "N", "h", "d_ff", "tie_embeddings")
+
+
+def changed_settings(saved: dict, config: dict) -> str:
+    """The RESUME_KEYS on which a checkpoint's config differs from `config`, as "key saved -> now"; "" if none."""
+    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
+    return ", ".join(changed)
+
+
+# %% tags=["lib", "todo"]
 def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) -> None:
     """One atomic file with all that an exact resume needs; older ones are deleted unless config keeps them."""
     checkpoint = Path(get_weights_file_path(config, f"{epoch:02d}"))
@@ -1592,17 +1604,6 @@ def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) ->
     if not config["keep_every_checkpoint"]:
         for older in set(Path(config["model_folder"]).glob(f"{config['model_basename']}*.pt")) - {checkpoint}:
             older.unlink()
-
-
-# What a checkpoint must share with the run that resumes it: the model's shape and the data it learned from.
-RESUME_KEYS = ("datasource", "lang_src", "lang_tgt", "max_pairs", "min_frequency", "val_fraction", "seed", "seq_len",
-               "d_model", "N", "h", "d_ff", "tie_embeddings")
-
-
-def changed_settings(saved: dict, config: dict) -> str:
-    """The RESUME_KEYS on which a checkpoint's config differs from `config`, as "key saved -> now"; "" if none."""
-    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
-    return ", ".join(changed)
 
 
 def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
@@ -2690,7 +2691,7 @@ LORA_HPARAMS = {  # the LoraConfig of the next cells
     "r": 8,  # rank of the update B A
     "lora_alpha": 16,  # the update is scaled by lora_alpha / r
     "lora_dropout": 0.1,
-    "target_modules": ["query", "key", "value", "dense"],  # attention and feed-forward matrices (and a pooler's)
+    "target_modules": ["query", "key", "value", "dense"],  # attention and feed-forward matrices (a pooler's, if kept)
 }
 LORA_LR = 2e-3
 
