@@ -96,9 +96,9 @@
 #   `run_validation` also scores the whole split (BLEU/chrF) with the batched decoder; `train_model` adds
 #   gradient clipping, a learning-rate schedule and resumable checkpoints, and runs `run_validation` every
 #   `bleu_every` epochs and after the last.
-# - Section 2: a train / validation / test split; `ComplaintDataset` items unpadded (each batch padded to its
-#   longest item); a class-weighted `criterion` on the logits (not `outputs.loss`); `torch.optim.AdamW` with warm-up; the best validation epoch kept; early stopping for
-#   the small BERT.
+# - Section 2: a train / validation / test split; `ComplaintDataset` items unpadded (each batch padded to
+#   its longest item); a class-weighted `criterion` on the logits (not `outputs.loss`); `torch.optim.AdamW`
+#   with warm-up; the best validation epoch kept; early stopping for the small BERT.
 #
 
 # %% [markdown]
@@ -1369,8 +1369,8 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # smooths labels by 0.1; `optimizer_step`, shared by both sections, clips gradients at 1, steps and
 # advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one
 # printed line and a checkpoint (`save_checkpoint`, step 10) from which `preload="latest"` resumes
-# (`preload_checkpoint`, step 7), unless it was trained with another model shape or data; the test suite checks that a run resumed after its first epoch ends with the same
-# weights as an uninterrupted one.
+# (`preload_checkpoint`, step 7), unless it was trained with another model shape or data; the test suite
+# checks that a run resumed after its first epoch ends with the same weights as an uninterrupted one.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -2945,9 +2945,9 @@ plot_confusion_matrices(test_metrics, class_names)
 # %% [markdown]
 # ### Error analysis
 #
-# Which classes the transformer with the better validation macro-F1 confuses, with two misclassified test complaints of each of its most
-# frequent confusions (shortened), and the word features the baseline relies on most for each class
-# (its largest logistic-regression weights).
+# Which classes the transformer with the better validation macro-F1 confuses, with two misclassified test
+# complaints of each of its most frequent confusions (shortened), and the word features the baseline
+# relies on most for each class (its largest logistic-regression weights).
 
 # %%
 # @title Error analysis: the three most frequent confusions of the transformer best on validation, the baseline's strongest words
