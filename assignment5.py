@@ -63,7 +63,7 @@
 # | `DecoderBlock`, `Decoder`, `ProjectionLayer` | [Part 8](#s1-p8) | – |
 # | `Transformer`, `build_transformer` | [Part 9](#s1-p9) | parameter count (training run) |
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
-# | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences (training run) |
+# | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch checked against `BilingualDataset[i]` (training run) |
 # | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations, BLEU/chrF (training run) |
 # | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
@@ -959,6 +959,7 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
 # Training asks for whole batches instead (`__getitems__`, folded below): the same layout padded to the
 # batch's longest sentence, and the same masks, built on the device by `batch_masks` (folded above).
+# Under the training run, one batch of the training loader is checked against these items.
 
 # %% tags=["lib"]
 # @title Padded batches for the DataLoader (PaddedPairBatches: BilingualDataset's `__getitems__`)
@@ -983,6 +984,21 @@ class PaddedPairBatches:
             "src_text": [self.src_texts[i] for i in indices],
             "tgt_text": [self.tgt_texts[i] for i in indices],
         }
+
+    def agrees_with_items(self, indices: list[int]) -> dict:
+        """Checks the batch `__getitems__` builds against the seed's items `self[i]` of the same pairs: each input
+        row, padded on to seq_len, is the item's, and `batch_masks` gives the item's masks cut to the batch."""
+        batch = self.__getitems__(indices)
+        encoder_mask, decoder_mask = batch_masks(batch["encoder_input"], batch["decoder_input"], self.pad)
+        src_len, tgt_len = batch["encoder_input"].size(1), batch["decoder_input"].size(1)
+        equal = dict.fromkeys(("encoder_input", "decoder_input", "label", "encoder_mask", "decoder_mask"), True)
+        for row, i in enumerate(indices):
+            item = self[i]
+            for key in ("encoder_input", "decoder_input", "label"):
+                equal[key] &= torch.equal(self._padded([batch[key][row].tolist()], self.seq_len)[0], item[key])
+            equal["encoder_mask"] &= torch.equal(encoder_mask[row].int(), item["encoder_mask"][..., :src_len])
+            equal["decoder_mask"] &= torch.equal(decoder_mask[row].int(), item["decoder_mask"][:, :tgt_len, :tgt_len])
+        return {"source width": src_len, "target width": tgt_len, "equal": equal}
 
 
 # %% tags=["lib", "todo"]
@@ -1371,6 +1387,13 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # printed line and a checkpoint (`save_checkpoint`, step 10) from which `preload="latest"` resumes
 # (`preload_checkpoint`, step 7), unless it was trained with another model shape or data; the test suite
 # checks that a run resumed after its first epoch ends with the same weights as an uninterrupted one.
+#
+# The three folded cells below hold the rest of what `train_model` calls: `pick_device` (CUDA, else MPS,
+# else CPU), `choose_precision` (bf16 autocast on GPUs of compute capability 8.0 or more, fp16 with a
+# `GradScaler` on older ones, fp32 elsewhere) and `set_seed`; `warmup_schedule` (linear warm-up over
+# `warmup_steps`, then the config's `lr_decay`), `LossMeter` and `log_training_loss` (the mean loss every
+# `log_every` steps to TensorBoard and the loss curve), `validation_loss`, `bleu_due`, `epoch_record` and
+# `epoch_line`; and the checkpoint plumbing (`rng_states`, `checkpoint_to_preload`, `changed_settings`).
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1787,6 +1810,15 @@ RUN_INFO["models"]["Transformer en→it"] = (
     f"Transformer from scratch: d_model={translation_config['d_model']}, N={translation_config['N']}, "
     f"h={translation_config['h']}, {translator_params:,} parameters, {RUN_PRECISION.name}")
 
+# %%
+# One batch of the training loader against the seed's items BilingualDataset[i] of the same pairs
+train_pairs = result["train_dataloader"].dataset
+drawn = next(iter(result["train_dataloader"].batch_sampler))
+check = train_pairs.agrees_with_items(drawn)
+print(f"{len(drawn)} pairs padded to {check['source width']} source and {check['target width']} target tokens "
+      f"(BilingualDataset[i] pads to seq_len={translation_config['seq_len']}); equal to the items: {check['equal']}")
+assert all(check["equal"].values()), "a training batch differs from the seed's items"
+
 
 # %% [markdown]
 # <a id="s1-curves"></a>
@@ -2089,7 +2121,8 @@ import textwrap
 import transformers
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder
@@ -2604,7 +2637,7 @@ plot_history({"small BERT": bert_history})
 
 bert_test = predict_classifier(small_bert, test_loader, DEVICE, RUN_PRECISION)  # the test split, once
 print(f"small BERT on the {len(X_test):,} test complaints: accuracy {bert_test['accuracy']:.3f}, macro-F1 "
-      f"{macro_f1(y_test, bert_test['y_pred'], len(class_names)):.3f} (per-class report under Test results)")
+      f"{macro_f1(y_test, bert_test['y_pred'], len(class_names)):.3f} (per-class scores under Test results)")
 
 # %% [markdown]
 # ## Part 3: Fine-Tuning TinyBERT with LoRA
@@ -2757,7 +2790,7 @@ plot_history({f"LoRA on {lora_base_name}": lora_history})
 
 lora_test = predict_classifier(lora_model, lora_test_loader, DEVICE, RUN_PRECISION)  # the test split, once
 print(f"LoRA on {lora_base_name}, on the {len(X_test):,} test complaints: accuracy {lora_test['accuracy']:.3f}, "
-      f"macro-F1 {macro_f1(y_test, lora_test['y_pred'], len(class_names)):.3f} (per-class report under Test results)")
+      f"macro-F1 {macro_f1(y_test, lora_test['y_pred'], len(class_names)):.3f} (per-class scores under Test results)")
 
 # %% [markdown]
 # The adapter is saved (what LoRA ships) and a copy merged with `merge_and_unload`. The two are compared
@@ -2822,8 +2855,8 @@ display(val_comparison.to_frame().style.format("{:.3f}"))
 # ### Test results
 #
 # Parts 2 and 3 beside the baseline on the test split: accuracy and macro-F1 with 95% bootstrap
-# intervals (`N_RESAMPLES` resamples), weighted F1 and costs, then per-class reports and confusion
-# matrices (each cell: its share of the row, then the count).
+# intervals (`N_RESAMPLES` resamples) and weighted F1; precision, recall and F1 of each class; what each
+# model cost; then the confusion matrices (each cell: its share of the row, then the count).
 
 # %% tags=["lib"]
 # @title Test metrics, bootstrap statistics, the comparison table and the confusion matrices
@@ -2831,13 +2864,17 @@ N_RESAMPLES = 1000
 
 
 def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
-    """Accuracy, macro and weighted F1, the per-class report (precision, recall, F1) and the confusion matrix."""
+    """Accuracy, macro and weighted F1, precision, recall and F1 per class (and their macro average) and the
+    confusion matrix."""
     labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = pd.DataFrame({"precision": precision, "recall": recall, "F1": f1},
+                             index=[f"{name} ({count})" for name, count in zip(class_names, support, strict=True)])
+    per_class.loc["macro average"] = per_class.mean()
     return {"accuracy": accuracy_score(y_true, y_pred),
             **{f"f1_{avg}": f1_score(y_true, y_pred, labels=labels, average=avg, zero_division=0)
                for avg in ("macro", "weighted")},
-            "report": classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
-                                            zero_division=0),
+            "per_class": per_class.rename_axis("class (test complaints)"),
             "confusion": confusion_matrix(y_true, y_pred, labels=labels)}
 
 
@@ -2887,19 +2924,24 @@ def training_costs(history: list[dict], weights_dir: Path, pretrained: str, trai
             "size on disk (MB)": dir_size_mb(weights_dir)}
 
 
-def comparison_table(test_metrics: dict, intervals: dict, costs: dict) -> pd.DataFrame:
-    """One row per model: test scores with their 95% bootstrap intervals, then its costs."""
-    rows = {}
+def comparison_tables(test_metrics: dict, intervals: dict, costs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per model in each: its test scores with their 95% bootstrap intervals, and what it cost."""
+    scores = {}
     for name, m in test_metrics.items():
         ci = intervals[name]
-        rows[name] = {"accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*ci["accuracy"]),
-                      "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*ci["f1_macro"]),
-                      "weighted-F1": m["f1_weighted"], **costs[name]}
-    return pd.DataFrame(rows).T.rename_axis("model")
+        scores[name] = {"accuracy": m["accuracy"], "accuracy 95% CI": "{:.3f}–{:.3f}".format(*ci["accuracy"]),
+                        "macro-F1": m["f1_macro"], "macro-F1 95% CI": "{:.3f}–{:.3f}".format(*ci["f1_macro"]),
+                        "weighted-F1": m["f1_weighted"]}
+    return pd.DataFrame(scores).T.rename_axis("model"), pd.DataFrame(costs).T.rename_axis("model")
+
+
+def per_class_table(test_metrics: dict) -> pd.DataFrame:
+    """Precision, recall and F1 of each class, the models side by side."""
+    return pd.concat({name: m["per_class"] for name, m in test_metrics.items()}, axis=1)
 
 
 def plot_confusion_matrices(test_metrics: dict, class_names: list[str]) -> None:
-    """Each model's confusion matrix side by side: each cell shows its row's share (colour) and its count."""
+    """Each model's confusion matrix, one under another: each cell shows its row's share (colour) and its count."""
     wrap = partial(textwrap.fill, break_long_words=False)  # long class names on short lines, not rotated
     fig, axes = plt.subplots(len(test_metrics), 1, figsize=(8, 6.6 * len(test_metrics)), squeeze=False)
     for ax, (name, m) in zip(axes[:, 0], test_metrics.items(), strict=True):  # one under the other: full size
@@ -2931,15 +2973,16 @@ costs = {bert_name: training_costs(bert_history, weights / "bert_small", "none",
                                    f"{lora_total - lora_trainable:,} frozen", lora_trainable, lora_total),
          baseline_name: {"pretrained base": "none (word counts)", "trainable params": baseline_params,
                          "total params": baseline_params, "training time (s)": baseline_time}}
-comparison = comparison_table(test_metrics, intervals, costs)
-print(f"{len(X_test):,} test complaints; merged LoRA model on disk: {dir_size_mb(weights / 'lora_merged'):.1f} MB")
-display(comparison.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}",
-                                 "epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
+scores, cost_table = comparison_tables(test_metrics, intervals, costs)
+display(scores.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}"}).set_caption(
+    f"Scores on the {len(X_test):,} test complaints"))
+display(per_class_table(test_metrics).style.format("{:.3f}").set_caption(
+    "Precision, recall and F1 of each class on the test split"))
+display(cost_table.style.format({"epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
                                  "s / epoch": "{:.1f}", "training time (s)": "{:.1f}", "size on disk (MB)": "{:.2f}"},
                                 na_rep="–").set_caption(
-    f"The {len(X_test):,} test complaints; the baseline's training time is its whole fit, the search over C included"))
-for name, m in test_metrics.items():
-    print(f"{name}\n{m['report']}")
+    "Costs: the baseline's training time is its whole fit, the search over C included"))
+print(f"Merged LoRA model on disk: {dir_size_mb(weights / 'lora_merged'):.1f} MB")
 plot_confusion_matrices(test_metrics, class_names)
 
 # %% [markdown]

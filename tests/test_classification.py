@@ -206,7 +206,13 @@ def test_classification_metrics_match_sklearn(lib):
     assert m["f1_macro"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3, 0.0]))  # by hand; class 3 is never predicted
     assert m["f1_macro"] == pytest.approx(lib.macro_f1(y_true, y_pred, 4))
     assert m["confusion"].tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 1, 0]]
-    assert "d" in m["report"] and "precision" in m["report"] and "recall" in m["report"]
+    per_class = m["per_class"]
+    assert list(per_class.index) == ["a (2)", "b (2)", "c (3)", "d (1)", "macro average"]  # the test count in brackets
+    assert per_class.loc["b (2)", "precision"] == pytest.approx(2 / 3) and per_class.loc["b (2)", "recall"] == 1.0
+    assert per_class.loc["d (1)"].tolist() == [0.0, 0.0, 0.0]  # never predicted: 0, not an error
+    assert per_class.loc["macro average", "F1"] == pytest.approx(m["f1_macro"])
+    assert per_class.loc["macro average", "recall"] == pytest.approx(
+        precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)[1])
 
 
 def test_bootstrap_intervals_and_paired_difference(lib):
