@@ -63,8 +63,8 @@
 # | `DecoderBlock`, `Decoder`, `ProjectionLayer` | [Part 8](#s1-p8) | – |
 # | `Transformer`, `build_transformer` | [Part 9](#s1-p9) | parameter count (training run) |
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
-# | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch checked against `BilingualDataset[i]` (training run) |
-# | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations, BLEU/chrF (training run) |
+# | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch (`__getitems__`) checked against `BilingualDataset[i]` (training run) |
+# | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` in [Greedy vs beam search](#s1-decoding) (training run) |
 # | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
@@ -957,12 +957,12 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # %% [markdown]
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
-# Training asks for whole batches instead (`__getitems__`, folded below): the same layout padded to the
+# Training asks for whole batches instead (`__getitems__`, below): the same layout padded to the
 # batch's longest sentence, and the same masks, built on the device by `batch_masks` (folded above).
 # Under the training run, one batch of the training loader is checked against these items.
 
-# %% tags=["lib"]
-# @title Padded batches for the DataLoader (PaddedPairBatches: BilingualDataset's `__getitems__`)
+# %% tags=["lib", "todo"]
+# The batches training asks for: BilingualDataset's `__getitems__` (mixed in below)
 class PaddedPairBatches:
     """Mixed into BilingualDataset: the DataLoader asks for whole batches (`__getitems__`), which are padded only
     to their longest pair and carry no masks (batch_masks builds them on the device)."""
@@ -984,21 +984,6 @@ class PaddedPairBatches:
             "src_text": [self.src_texts[i] for i in indices],
             "tgt_text": [self.tgt_texts[i] for i in indices],
         }
-
-    def agrees_with_items(self, indices: list[int]) -> dict:
-        """Checks the batch `__getitems__` builds against the seed's items `self[i]` of the same pairs: each input
-        row, padded on to seq_len, is the item's, and `batch_masks` gives the item's masks cut to the batch."""
-        batch = self.__getitems__(indices)
-        encoder_mask, decoder_mask = batch_masks(batch["encoder_input"], batch["decoder_input"], self.pad)
-        src_len, tgt_len = batch["encoder_input"].size(1), batch["decoder_input"].size(1)
-        equal = dict.fromkeys(("encoder_input", "decoder_input", "label", "encoder_mask", "decoder_mask"), True)
-        for row, i in enumerate(indices):
-            item = self[i]
-            for key in ("encoder_input", "decoder_input", "label"):
-                equal[key] &= torch.equal(self._padded([batch[key][row].tolist()], self.seq_len)[0], item[key])
-            equal["encoder_mask"] &= torch.equal(encoder_mask[row].int(), item["encoder_mask"][..., :src_len])
-            equal["decoder_mask"] &= torch.equal(decoder_mask[row].int(), item["decoder_mask"][:, :tgt_len, :tgt_len])
-        return {"source width": src_len, "target width": tgt_len, "equal": equal}
 
 
 # %% tags=["lib", "todo"]
@@ -1381,19 +1366,25 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 
 
 # %% [markdown]
-# `train_model` follows the seed's list (its comments number the steps). The loss ignores `[PAD]` and
-# smooths labels by 0.1; `optimizer_step`, shared by both sections, clips gradients at 1, steps and
-# advances the warm-up schedule. Each epoch ends with the validation loss, BLEU/chrF when due, one
-# printed line and a checkpoint (`save_checkpoint`, step 10) from which `preload="latest"` resumes
-# (`preload_checkpoint`, step 7), unless it was trained with another model shape or data; the test suite
-# checks that a run resumed after its first epoch ends with the same weights as an uninterrupted one.
+# `train_model` follows the seed's ten steps, and its comments carry their numbers:
 #
-# The three folded cells below hold the rest of what `train_model` calls: `pick_device` (CUDA, else MPS,
-# else CPU), `choose_precision` (bf16 autocast on GPUs of compute capability 8.0 or more, fp16 with a
-# `GradScaler` on older ones, fp32 elsewhere) and `set_seed`; `warmup_schedule` (linear warm-up over
-# `warmup_steps`, then the config's `lr_decay`), `LossMeter` and `log_training_loss` (the mean loss every
-# `log_every` steps to TensorBoard and the loss curve), `validation_loss`, `bleu_due`, `epoch_record` and
-# `epoch_line`; and the checkpoint plumbing (`rng_states`, `checkpoint_to_preload`, `changed_settings`).
+# | seed step | in `train_model` |
+# |---|---|
+# | 1. device | `pick_device` (CUDA, else MPS, else CPU), and the precision chosen once |
+# | 2. weights folder | `Path(config["model_folder"]).mkdir(...)` |
+# | 3. loaders and tokenizers | `get_ds` |
+# | 4. model on the device | `get_model(...).to(device)` |
+# | 5. TensorBoard | `SummaryWriter(config["experiment_name"])` |
+# | 6. Adam, lr and ε from `config` | `torch.optim.Adam(..., lr=config["lr"], eps=config["eps"])`, and a warm-up schedule |
+# | 7. preload | `preload_checkpoint` (below): model, optimizer and global step, and the epoch to resume from |
+# | 8. loss | `nn.CrossEntropyLoss` that ignores `[PAD]` and smooths labels by `config["label_smoothing"]` (0.1) |
+# | 9. the loop | `model.train()` each epoch; per batch `compute_loss` (to the device, masks, encoder, decoder, projection, loss), `optimizer_step` (backward, clip at 1, step, zero the gradients), the global step and `log_training_loss` (TensorBoard every `log_every` steps); after each epoch the validation loss and, when due, `run_validation` |
+# | 10. save | `save_checkpoint` (below) after each epoch |
+#
+# `run_validation` runs every `bleu_every` epochs and after the last (`bleu_due`). A checkpoint also holds
+# the schedule, the fp16 scaler and the random states, so a resumed run goes on exactly; one trained with
+# another model shape or data is not preloaded. The folded cells below hold the device and precision
+# choice, the schedule, the loss meter and the epoch's printed line, and the checkpoint plumbing.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1810,11 +1801,31 @@ RUN_INFO["models"]["Transformer en→it"] = (
     f"Transformer from scratch: d_model={translation_config['d_model']}, N={translation_config['N']}, "
     f"h={translation_config['h']}, {translator_params:,} parameters, {RUN_PRECISION.name}")
 
+
+# %% tags=["lib"]
+# @title A training batch against the seed's items (batch_agrees_with_items)
+def batch_agrees_with_items(dataset: "BilingualDataset", indices: list[int]) -> dict:
+    """Checks the batch `__getitems__` builds against the seed's items `dataset[i]` of the same pairs: each input
+    row, padded on to seq_len, is the item's, and `batch_masks` gives the item's masks cut to the batch."""
+    batch = dataset.__getitems__(indices)
+    encoder_mask, decoder_mask = batch_masks(batch["encoder_input"], batch["decoder_input"], dataset.pad)
+    src_len, tgt_len = batch["encoder_input"].size(1), batch["decoder_input"].size(1)
+    equal = dict.fromkeys(("encoder_input", "decoder_input", "label", "encoder_mask", "decoder_mask"), True)
+    for row, i in enumerate(indices):
+        item = dataset[i]
+        for key in ("encoder_input", "decoder_input", "label"):
+            padding = batch[key].new_full((dataset.seq_len - batch[key].size(1),), dataset.pad)
+            equal[key] &= torch.equal(torch.cat([batch[key][row], padding]), item[key])
+        equal["encoder_mask"] &= torch.equal(encoder_mask[row].int(), item["encoder_mask"][..., :src_len])
+        equal["decoder_mask"] &= torch.equal(decoder_mask[row].int(), item["decoder_mask"][:, :tgt_len, :tgt_len])
+    return {"source width": src_len, "target width": tgt_len, "equal": equal}
+
+
 # %%
 # One batch of the training loader against the seed's items BilingualDataset[i] of the same pairs
 train_pairs = result["train_dataloader"].dataset
 drawn = next(iter(result["train_dataloader"].batch_sampler))
-check = train_pairs.agrees_with_items(drawn)
+check = batch_agrees_with_items(train_pairs, drawn)
 print(f"{len(drawn)} pairs padded to {check['source width']} source and {check['target width']} target tokens "
       f"(BilingualDataset[i] pads to seq_len={translation_config['seq_len']}); equal to the items: {check['equal']}")
 assert all(check["equal"].values()), "a training batch differs from the seed's items"
@@ -3124,17 +3135,17 @@ def interval(name: str, metric: str) -> str:
 
 
 def compared(a: str, b: str, metric: str) -> tuple[str, str]:
-    """(verdict, "difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
+    """(verdict, "a − b = difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
     _, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
                                                seed=SEED, metric=metric)
-    diff = round(test_metrics[a][metric], 3) - round(test_metrics[b][metric], 3)  # as the table rounds them
+    score_a, score_b = round(test_metrics[a][metric], 3), round(test_metrics[b][metric], 3)  # as the table shows them
     if low > 0:
         verdict = "better"
     elif high < 0:
         verdict = "worse"
     else:
         verdict = "no measurable difference"
-    return verdict, f"{diff:+.3f} ({low:+.3f} to {high:+.3f})"
+    return verdict, f"{score_a:.3f} − {score_b:.3f} = {score_a - score_b:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 if SOURCES["complaints"].standin:

@@ -189,7 +189,7 @@ def test_batch_masks_equal_the_per_item_masks(lib, tokenizers):
         assert torch.equal(decoder_mask[row, 0].int(), item["decoder_mask"][0, :tgt_len, :tgt_len].int())
     assert batch["tgt_tokens"] == int((batch["label"] != 1).sum())
     assert batch["src_tokens"] == int((batch["encoder_input"] != 1).sum())
-    check = ds.agrees_with_items(indices)  # the notebook prints this check for a batch of its training run
+    check = lib.batch_agrees_with_items(ds, indices)  # the notebook prints this check for a batch of its training run
     assert (check["source width"], check["target width"]) == (src_len, tgt_len)
     assert check["equal"] == dict.fromkeys(["encoder_input", "decoder_input", "label", "encoder_mask", "decoder_mask"], True)
 
@@ -200,7 +200,7 @@ def test_batch_check_notices_a_batch_that_differs_from_the_items(lib, tokenizers
     indices = [0, 5, 9]
     built = ds.__getitems__(indices)
     ds.__getitems__ = lambda rows: built | {"label": built["label"].flip(0)}  # the labels of other rows
-    equal = ds.agrees_with_items(indices)["equal"]
+    equal = lib.batch_agrees_with_items(ds, indices)["equal"]
     assert not equal["label"]
     assert equal["encoder_input"] and equal["decoder_input"] and equal["encoder_mask"] and equal["decoder_mask"]
 
