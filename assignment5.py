@@ -1831,8 +1831,9 @@ assert all(check["equal"].values()), "a training batch differs from the seed's i
 #
 # ### Training curves
 #
-# The training loss (mean of each `log_every` steps) and the validation loss after each epoch, both
-# label-smoothed cross-entropy per target token, so neither reaches 0.
+# Left: the training loss (mean of each `log_every` steps) and the validation loss after each epoch,
+# both label-smoothed cross-entropy per target token, so neither reaches 0. Right, when `run_validation`
+# scored more than one epoch: greedy BLEU and chrF of the whole validation split after each of them.
 
 # %% tags=["lib"]
 # @title Training curves of the translation model (plot_translation_curves)
