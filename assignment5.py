@@ -64,7 +64,7 @@
 # | `Transformer`, `build_transformer` | [Part 9](#s1-p9) | parameter count (training run) |
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
 # | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch (`__getitems__`) checked against `BilingualDataset[i]` (training run) |
-# | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` in [Greedy vs beam search](#s1-decoding) (training run) |
+# | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` on the printed examples (training run) and in [Greedy vs beam search](#s1-decoding) |
 # | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
@@ -1370,13 +1370,13 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 
 # %% [markdown]
 # `train_model` follows the seed's ten steps; its comments carry their numbers. Beyond them it clips
-# gradients at 1 and follows a warm-up learning-rate schedule. Per batch, `compute_loss` moves the batch to the device and runs encoder, decoder,
-# projection and loss; `optimizer_step` does backward, clipping, step and zeroing the gradients.
+# gradients at 1 and follows a warm-up learning-rate schedule. Per batch, `compute_loss` moves the batch
+# to the device and runs encoder, decoder, projection and loss; `optimizer_step` does backward,
+# clipping, step and zeroing the gradients.
 #
 # `run_validation` runs every `bleu_every` epochs (1 by default, as in the seed) and after the last
-# (`bleu_due`). A checkpoint also holds
-# the schedule, the fp16 scaler and the random states, so a resumed run goes on exactly; one trained with
-# another model shape or data is not preloaded. The folded cells below hold the device and precision
+# (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states, so a resumed
+# run goes on exactly; one trained with another model shape or data is not preloaded. The folded cells below hold the device and precision
 # choice, the schedule, the loss meter and the epoch's printed line, and the checkpoint plumbing.
 
 # %% tags=["lib"]
@@ -1875,8 +1875,8 @@ plot_translation_curves(result["step_losses"], history, translation_config["log_
 #
 # Greedy output comes from the last `run_validation`; a beam of 4 decodes the same sentences with the
 # same settings, and sacreBLEU's paired bootstrap (1,000 resamples) tests the difference. "Loop" means an
-# n-gram of up to 4 words or punctuation marks repeated three times in a row in the output text. The seed's `greedy_decode`
-# is checked against the batched greedy decoder on the first 40 sentences.
+# n-gram of up to 4 words or punctuation marks repeated three times in a row in the output text. The
+# seed's `greedy_decode` is checked against the batched greedy decoder on the first 40 sentences.
 
 # %% tags=["lib"]
 # @title Comparing the decoders (decoder_scores, greedy_decode_agreement, bleu_by_length, show_texts)
