@@ -85,20 +85,9 @@
 # also checks the seed's `greedy_decode` against the batched decoder that scores the validation split. The
 # seed's note on model sizes against today's large models is answered under [Model sizes](#s2-sizes).
 #
-# **Where the code departs from the seed's letter**, on purpose:
-# - Data and models: the originals when reachable, else offline stand-ins (the run summary names what ran);
-#   models load through the `Bert*` classes; Part 3's `tokenizer` is `lora_tokenizer`.
-# - Parts 1–9: `LayerNormalization` takes `features` (one `alpha` and `bias` per feature); `get_model`
-#   applies `tie_embeddings` (on in `cpu`) and `fused_attention` (off).
-# - Part 11: `get_ds` drops empty, duplicate and too-long pairs and splits by distinct English sentence;
-#   training batches come from `BilingualDataset.__getitems__` (padded to the longest pair, grouped by length).
-# - Parts 12–13: decoding takes `allow_unk` and `repeat_guard` (their defaults are the seed's decoder);
-#   `run_validation` also scores the whole split (BLEU/chrF) with the batched decoder; `train_model` adds
-#   gradient clipping, a learning-rate schedule and resumable checkpoints, and runs `run_validation` every
-#   `bleu_every` epochs and after the last.
-# - Section 2: a train / validation / test split; `ComplaintDataset` items unpadded (each batch padded to
-#   its longest item); a class-weighted `criterion` on the logits (not `outputs.loss`); `torch.optim.AdamW`
-#   with warm-up; the best validation epoch kept; early stopping for the small BERT.
+# **Departures from the seed's letter** are named in the text above the code that makes them. The
+# largest: offline stand-ins when the originals cannot be loaded (the run summary names what ran), and
+# Section 2's class-weighted `criterion` on the logits instead of `outputs.loss`.
 #
 
 # %% [markdown]
@@ -963,7 +952,8 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
 # Training asks for whole batches instead (`__getitems__`, in the same class): the same layout padded to
 # the batch's longest sentence, and the same masks, built on the device by `batch_masks` (folded above).
-# Under the training run, one batch of the training loader is checked against these items.
+# Under the training run, a cell takes one batch of the training loader and asserts that it equals
+# these items of the same pairs, padded on to `seq_len`, masks included.
 
 # %% tags=["lib", "todo"]
 class BilingualDataset(Dataset):
@@ -1083,7 +1073,8 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
 # the seed, then translates the **whole** validation split with the batched `translate` (folded below)
 # and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
-# Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
+# A last line says for how many of the printed examples the batched decoder wrote `greedy_decode`'s
+# text. Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
 # %% tags=["lib"]
 # @title Beyond the seed: batched decoding with a key/value cache (beam search; one beam = greedy), translate
@@ -1264,7 +1255,9 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 #
 # ## Part 13: Training Loop
 #
-# `get_model` builds the Transformer from the config's sizes and the two vocabularies.
+# `get_model` builds the Transformer from the config's sizes and the two vocabularies, then applies the
+# two options of the folded cell as the config sets them (`tie_embeddings`, `fused_attention`; both off
+# by default).
 
 # %% tags=["lib"]
 # @title Two model options beyond the seed, off by default: tied target embedding, fused attention (apply_model_options)
@@ -1325,7 +1318,7 @@ TRAINING_OPTIONS = {
     "min_frequency": 2,  # a word needs this many occurrences for its own id; rarer words become [UNK]
     "val_fraction": 0.1,  # share of the English sentences (with all their pairs) held out for validation
     "seed": 42,
-    "num_examples": 2,  # validation sentences printed after the last epoch
+    "num_examples": 2,  # validation sentences printed by greedy_decode each time run_validation runs
     "eval_batch_size": 64,  # sentences decoded together when scoring the validation split
     "allow_unk": True,  # decoding may write [UNK]; False: the decoder writes the best known word instead
     "repeat_guard": 0,  # > 0: decoding never writes a third copy in a row of an n-gram, n <= repeat_guard
@@ -1450,7 +1443,7 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 # %% tags=["lib"]
-# @title Training support: validation loss, learning-rate schedule, loss meter and logging, the epoch's line
+# @title Training support: validation loss, learning-rate schedule, loss meter, the epoch's line
 @torch.no_grad()
 def validation_loss(model, val_dataloader: DataLoader, loss_fn, device, precision: Precision, config: dict) -> float:
     """Mean loss per target token over the validation split, in batches capped by padded tokens like training's
@@ -1512,19 +1505,6 @@ class LossMeter:
 
     def epoch_loss(self) -> float:
         return self.total.item() / max(self.tokens, 1)
-
-
-def log_training_loss(losses: LossMeter, progress: dict, writer, optimizer, batch_iterator, log_every: int) -> None:
-    """Every `log_every` steps (the only host synchronisation of a step): the mean loss of those steps to
-    TensorBoard, the loss curve and the progress bar, and the learning rate to TensorBoard."""
-    step = progress["global_step"]
-    if step % log_every:
-        return
-    logged = losses.take_window()
-    progress["step_losses"].append((step, logged))
-    writer.add_scalar("train/loss", logged, step)
-    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-    batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
 
 
 def epoch_record(epoch: int, losses: LossMeter, global_step: int) -> dict:
@@ -1715,7 +1695,12 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
             optimizer_step(loss, optimizer, scaler, model.parameters(), scheduler=scheduler)  # backward, step, zero
             losses.add(loss, batch["tgt_tokens"])
             progress["global_step"] += 1
-            log_training_loss(losses, progress, writer, optimizer, batch_iterator, config["log_every"])  # TensorBoard
+            if progress["global_step"] % config["log_every"] == 0:  # TensorBoard: the mean loss of the last steps
+                logged = losses.take_window()  # the step's only host synchronisation, every log_every steps
+                progress["step_losses"].append((progress["global_step"], logged))
+                writer.add_scalar("train/loss", logged, progress["global_step"])
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress["global_step"])
+                batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
 
         # after each epoch: the validation loss, and run_validation when due
         record = epoch_record(epoch, losses, progress["global_step"])
@@ -2091,7 +2076,7 @@ table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row[
 display(Markdown("\n".join([
     "| decoding (validation) | BLEU (95% ±) | chrF | outputs in a loop | `[UNK]` share of tokens |",
     "|---|---:|---:|---:|---:|", *table_rows, f"| references | – | – | – | {reference_unk:.1f}% |", "",
-    f"**How well it translates.** On {len(val_pairs):,} validation pairs whose English sentences never occur in "
+    f"**Results.** On {len(val_pairs):,} validation pairs whose English sentences never occur in "
     f"training, greedy decoding scores BLEU {greedy_row['BLEU']:.2f} and chrF {greedy_row['chrF']:.2f} after the "
     f"last epoch{progress_phrase}. Beam search is {beam_verdict} greedy decoding ({beam_gain:+.2f} BLEU, paired bootstrap p "
     f"{p_text['BLEU']}) and takes {beam_row['decode time (s)'] / greedy_row['decode time (s)']:.1f}× as long. "
@@ -2637,8 +2622,9 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 # %% tags=["todo"]
 class_weights = balanced_class_weights(y_train, len(class_names))  # n / (K · n_c): each class weighs the same
 criterion = nn.CrossEntropyLoss(weight=class_weights)
-optimizer, scheduler = make_optimizer(small_bert, section2_sizes["bert_lr"], section2_sizes["epochs"] * len(train_loader))
 num_epochs = section2_sizes["epochs"]
+# AdamW (weight decay 0.01); the learning rate warms up over 10% of the steps, then decays linearly
+optimizer, scheduler = make_optimizer(small_bert, section2_sizes["bert_lr"], num_epochs * len(train_loader))
 set_seed(SEED)
 bert_history = train_classifier(small_bert, train_loader, val_loader, optimizer, scheduler, num_epochs, DEVICE,
                                 RUN_PRECISION, show_progress=SHOW_PROGRESS, name="small BERT", criterion=criterion,
@@ -3179,6 +3165,8 @@ if baseline_verdicts == {"no measurable difference"}:
     baseline_summary = "no measurable difference on any of the three"
 else:
     baseline_summary = "; ".join(f"{verdict} on {metric}" for metric, (verdict, _) in against_baseline.items())
+other_transformer = bert_name if best_transformer == lora_name else lora_name
+other_verdict, other_difference = compared(other_transformer, baseline_name, "f1_macro")
 baseline_differences = ", ".join(f"{metric} {difference}" for metric, (_, difference) in against_baseline.items())
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
               f"{test_metrics[name]['f1_weighted']:.3f} | {costs[name]['trainable params']:,} |" for name in test_metrics]
@@ -3187,7 +3175,8 @@ display(Markdown("\n".join([
     "|---|---|---|---:|---:|", *table_rows, "",
     f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA's "
     f"macro-F1 against the small BERT's: {lora_verdict}, {lora_difference}. "
-    f"{best_transformer} against the TF-IDF baseline: {baseline_summary} ({baseline_differences}). "
+    f"{best_transformer} against the TF-IDF baseline: {baseline_summary} ({baseline_differences}); "
+    f"{other_transformer} against the baseline on macro-F1: {other_verdict}, {other_difference}. "
     f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
     f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
     f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "
