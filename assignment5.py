@@ -1103,7 +1103,8 @@ def new_cache(model: Transformer) -> list[dict]:
 
 def decode_step(model: Transformer, encoder_output, src_mask, token: torch.Tensor, position: int, cache: list[dict]):
     """model.decode (Part 9) for one new position of each row, (batch, 1) tokens at `position`: the same blocks and
-    weights, each attention reusing the keys and values of the positions before (a test checks the two agree)."""
+    weights, each attention reusing the keys and values of the positions before. The notebook checks the two agree:
+    greedy_decode (model.decode) and this path write the same text, under the training run and under Greedy vs beam."""
     x = model.tgt_pos.dropout(model.tgt_embed(token) + model.tgt_pos.pe[:, position : position + 1])
     for layer, layer_cache in zip(model.decoder.layers, cache):
         attend_to_prefix = partial(cached_attention, layer.self_attention_block, memory=None, mask=None,
@@ -2081,7 +2082,7 @@ display(Markdown("\n".join([
     f"last epoch{progress_phrase}. Beam search is {beam_verdict} greedy decoding ({beam_gain:+.2f} BLEU, paired bootstrap p "
     f"{p_text['BLEU']}) and takes {beam_row['decode time (s)'] / greedy_row['decode time (s)']:.1f}× as long. "
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
-    f"{history['train_seconds'].sum() / 60:.1f} min on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
+    f"{history['train_seconds'].sum() / 60:.1f} min of training on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
     f"of {curve_phrase}. {decoder_sentence}{reference_unk:.1f}% of "
     f"the reference tokens are `[UNK]`, words that the target vocabulary of {tokenizer_tgt.get_vocab_size():,} entries "
     "does not hold."])))
@@ -3089,7 +3090,7 @@ plot_model_sizes({baseline_name: baseline_params, "LoRA trainable (ours)": lora_
                   "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
                   f"{lora_base_name} (pretrained, frozen in LoRA)": lora_total - lora_trainable})
 
-# 6·N·D counts the parameters that act on every token: everything but the embedding tables
+# 6·N·D counts the parameters that act on every token: all but the embeddings module (tables and their LayerNorm)
 bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
 tokens_seen = sum(train_dataset.lengths) * len(bert_history)
 bert_flops = 6 * bert_compute_params * tokens_seen
