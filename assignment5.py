@@ -1370,8 +1370,9 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 #
 # `run_validation` runs every `bleu_every` epochs (1 by default, as in the seed) and after the last
 # (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states, so a resumed
-# run goes on exactly; one trained with another model shape or data is not preloaded. The folded cells below hold the device and precision
-# choice, the schedule, the loss meter and the epoch's printed line, and the checkpoint plumbing.
+# run goes on exactly; one trained with another model shape or data is not preloaded. The folded cells
+# below hold the device and precision choice, the schedule, the loss meter and the epoch's printed line,
+# and the checkpoint plumbing.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1756,7 +1757,9 @@ PROFILE = resolve_profile(PROFILE)
 set_seed(SEED)
 print(f"Profile: {PROFILE}")
 opus_cache = opus_books_cache("en", "it")  # opus_books when cached or downloaded now, else the Bible stand-in
-if opus_cache.is_file() or (HUB_ONLINE and download_opus_books("en", "it", opus_cache)):
+if not opus_cache.is_file() and HUB_ONLINE:
+    download_opus_books("en", "it", opus_cache)  # on failure it warns and leaves no cache
+if opus_cache.is_file():
     corpus, datasource = "opus_books", OPUS_BOOKS
 else:
     corpus, datasource = "bible", "bible"
