@@ -65,7 +65,7 @@
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
 # | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch (`__getitems__`) checked against `BilingualDataset[i]` (training run) |
 # | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` on the printed examples (training run) and in [Greedy vs beam search](#s1-decoding) |
-# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`) | [Part 13](#s1-p13) | – |
+# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`; its steps 7 and 10: `preload_checkpoint`, `save_checkpoint`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
 # | `1.2` load the data | [`1.2`](#s2-1-2) | rows read |
