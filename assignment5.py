@@ -2724,6 +2724,7 @@ num_epochs = section2_sizes["lora_epochs"]  # the optimizer is the one built abo
 lora_history = train_classifier(lora_model, lora_train_loader, lora_val_loader, optimizer, scheduler, num_epochs,
                                 DEVICE, RUN_PRECISION, show_progress=SHOW_PROGRESS, name=f"LoRA on {lora_base_name}",
                                 criterion=criterion)
+lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")  # the adapter alone: what LoRA ships
 plot_history({f"LoRA on {lora_base_name}": lora_history})
 
 lora_test = predict_classifier(lora_model, lora_test_loader, DEVICE, RUN_PRECISION)  # the test split, once
@@ -2839,6 +2840,8 @@ def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, seed: 
 
 
 def dir_size_mb(path: Path) -> float:
+    if not Path(path).is_dir():  # a model not saved yet is an error, not 0 MB
+        raise FileNotFoundError(f"{path}: no saved model there")
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
 
@@ -3141,13 +3144,13 @@ plot_attention_maps(maps)
 #
 # ### The LoRA adapter merged into its base
 #
-# The adapter is saved (what LoRA ships) and a copy merged with `merge_and_unload`. The two are compared
-# in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$ round differently, so their logits agree
-# within a tolerance, not bit for bit: this cell prints the largest gap and asserts it is under `1e-3`.
+# The adapter saved under Training LoRA is what LoRA ships; here a copy of the model is merged with
+# `merge_and_unload`. The two are compared in fp32 on the validation split: $Wx + BAx$ and $(W + BA)x$
+# round differently, so their logits agree within a tolerance, not bit for bit: this cell prints the
+# largest gap and asserts it is under `1e-3`.
 
 # %%
-# @title Saving the adapter, merging it into the base model (merge_and_unload) and checking that the logits stay the same
-lora_model.save_pretrained(REPO_ROOT / "weights" / "lora_adapter")
+# @title Merging the adapter into the base model (merge_and_unload) and checking that the logits stay the same
 merged_model = copy.deepcopy(lora_model).merge_and_unload()  # the adapter model itself stays as it was
 fp32 = Precision("fp32", DEVICE.type, "merge check")
 adapter_out, merged_out = (predict_classifier(model, lora_val_loader, DEVICE, fp32)

@@ -237,6 +237,18 @@ def test_bootstrap_intervals_and_paired_difference(lib):
         assert low > 0 and diff == pytest.approx(score(y_true, good) - score(y_true, bad))
 
 
+def test_training_costs_read_the_saved_model_and_refuse_a_missing_one(lib, tmp_path):
+    saved = tmp_path / "adapter"
+    saved.mkdir()
+    (saved / "adapter_model.safetensors").write_bytes(b"0" * 250_000)
+    history = [{"epoch_time_s": 10.0}, {"epoch_time_s": 12.0}]
+    costs = lib.training_costs(history, saved, "none", trainable=5, total=10)
+    assert costs["size on disk (MB)"] == pytest.approx(0.25)
+    assert costs["s / epoch"] == pytest.approx(11.0) and costs["training time (s)"] == pytest.approx(22.0)
+    with pytest.raises(FileNotFoundError, match="no saved model"):  # costs asked for before the model is saved
+        lib.training_costs(history, tmp_path / "not_saved_yet", "none", trainable=5, total=10)
+
+
 def test_balanced_class_weights(lib):
     weights = lib.balanced_class_weights([0, 0, 0, 1], 3)
     assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 4 / 3])
