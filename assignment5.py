@@ -57,7 +57,7 @@
 # | `PositionalEncoding` | [Part 2](#s1-p2) | – |
 # | `LayerNormalization` | [Part 3](#s1-p3) | – |
 # | `FeedForwardBlock` | [Part 4](#s1-p4) | – |
-# | `MultiHeadAttentionBlock` | [Part 5](#s1-p5) | the [attention heatmaps](#s1-attention) |
+# | `MultiHeadAttentionBlock` | [Part 5](#s1-p5) | – |
 # | `ResidualConnection` | [Part 6](#s1-p6) | – |
 # | `EncoderBlock`, `Encoder` | [Part 7](#s1-p7) | – |
 # | `DecoderBlock`, `Decoder`, `ProjectionLayer` | [Part 8](#s1-p8) | – |
@@ -80,11 +80,11 @@
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
 #
 # **Beyond the seed.** The [appendix](#appendix) after Section 2 holds what answers no TODO and enters no
-# conclusion: the two *Try it yourself* cells, the attention heatmaps, the merged LoRA model and the error
-# analysis. Two extras stay in the sections because their conclusions use them:
+# conclusion: the two *Try it yourself* cells, the [attention heatmaps](#s1-attention) (Part 5's weights), the
+# merged LoRA model and the error analysis. Two extras stay in the sections because their conclusions use them:
 # [Greedy vs beam search](#s1-decoding), which also checks `greedy_decode` against the batched decoder
-# that scores the split, and the [TF-IDF baseline](#s2-baseline) of the test results. The seed's note on model sizes is answered
-# under [Model sizes](#s2-sizes).
+# that scores the split, and the [TF-IDF baseline](#s2-baseline) of the test results. The seed's note
+# on model sizes is answered under [Model sizes](#s2-sizes).
 #
 # **Departures from the seed's letter** are named in the text above the code that makes them. The
 # largest: offline stand-ins when the originals cannot be loaded (the run summary names what ran), and
@@ -1258,8 +1258,8 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 # ## Part 13: Training Loop
 #
 # `get_model` builds the Transformer from the config's sizes and the two vocabularies, then applies the
-# two options of the folded cell as the config sets them (`tie_embeddings`, `fused_attention`; both off
-# by default).
+# two options of the folded cell as the config sets them (`tie_embeddings`, `fused_attention`): both off in
+# `get_config()`, and set per profile under the training run.
 
 # %% tags=["lib"]
 # @title Two model options beyond the seed, off by default: tied target embedding, fused attention (apply_model_options)
