@@ -1259,7 +1259,7 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 #
 # `get_model` builds the Transformer from the config's sizes and the two vocabularies, then applies the
 # two options of the folded cell as the config sets them (`tie_embeddings`, `fused_attention`): both off in
-# `get_config()`, and set per profile under the training run.
+# `get_config()`; a profile may turn one on, and the training run prints the settings its profile changes.
 
 # %% tags=["lib"]
 # @title Two model options beyond the seed, off by default: tied target embedding, fused attention (apply_model_options)
