@@ -2840,9 +2840,10 @@ def paired_bootstrap_difference(y_true, pred_a, pred_b, num_classes: int, seed: 
 
 
 def dir_size_mb(path: Path) -> float:
-    if not Path(path).is_dir():  # a model not saved yet is an error, not 0 MB
+    path = Path(path)
+    if not path.is_dir():  # a model not saved yet is an error, not 0 MB
         raise FileNotFoundError(f"{path}: no saved model there")
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
 def training_costs(history: list[dict], weights_dir: Path, pretrained: str, trainable: int, total: int) -> dict:
@@ -3160,8 +3161,9 @@ print(f"merged vs adapter model in fp32 on {len(adapter_out['y_pred']):,} valida
       f"{logit_gap:.1e}, predictions agree on {np.mean(adapter_out['y_pred'] == merged_out['y_pred']):.1%}; the merged "
       f"model has {model_parameter_counts(merged_model)[1]:,} parameters")
 assert logit_gap < 1e-3, f"merging changed the model: logits differ by up to {logit_gap}"
-merged_model.save_pretrained(REPO_ROOT / "weights" / "lora_merged")
-print(f"merged LoRA model on disk: {dir_size_mb(REPO_ROOT / 'weights' / 'lora_merged'):.1f} MB")
+merged_dir = REPO_ROOT / "weights" / "lora_merged"
+merged_model.save_pretrained(merged_dir)
+print(f"merged LoRA model on disk: {dir_size_mb(merged_dir):.1f} MB")
 
 # %% [markdown]
 # <a id="a-errors"></a>
