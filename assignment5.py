@@ -1365,9 +1365,10 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 
 # %% [markdown]
 # `train_model` follows the seed's ten steps; its comments carry their numbers. Beyond them it clips
-# gradients at 1 and follows a warm-up learning-rate schedule. Per batch, `compute_loss` moves the batch
-# to the device and runs encoder, decoder, projection and loss; `optimizer_step` does backward,
-# clipping, step and zeroing the gradients.
+# gradients at 1 and follows the config's learning-rate schedule (`warmup_steps`, `lr_decay`): a
+# constant rate with `get_config()`'s defaults, a warm-up and then a decay in the `full` and `cpu`
+# profiles. Per batch, `compute_loss` moves the batch to the device and runs encoder, decoder,
+# projection and loss; `optimizer_step` does backward, clipping, step and zeroing the gradients.
 #
 # `run_validation` runs every `bleu_every` epochs (1 by default, as in the seed) and after the last
 # (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states, so a resumed
