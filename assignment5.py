@@ -2569,6 +2569,8 @@ criterion = nn.CrossEntropyLoss(weight=class_weights)
 num_epochs = section2_sizes["epochs"]
 # AdamW (weight decay 0.01); the learning rate warms up over 10% of the steps, then decays linearly
 optimizer, scheduler = make_optimizer(small_bert, section2_sizes["bert_lr"], num_epochs * len(train_loader))
+print(f"{type(optimizer).__name__} (lr {optimizer.defaults['lr']}, weight decay {optimizer.defaults['weight_decay']}), "
+      f"up to {num_epochs} epochs (patience {section2_sizes['patience']}), class weights {class_weights.numpy().round(2)}")
 set_seed(SEED)
 bert_history = train_classifier(small_bert, train_loader, val_loader, optimizer, scheduler, num_epochs, DEVICE,
                                 RUN_PRECISION, show_progress=SHOW_PROGRESS, name="small BERT", criterion=criterion,
@@ -2717,12 +2719,13 @@ lora_val_loader = make_loader(ComplaintDataset(X_val, y_val, lora_tokenizer, max
 lora_test_loader = make_loader(ComplaintDataset(X_test, y_test, lora_tokenizer, max_len), batch_size, lora_pad,
                                shuffle=False)
 lora_steps = section2_sizes["lora_epochs"] * len(lora_train_loader)
-print(f"LoRA trains on {len(X_train):,} complaints (max_len {max_len}); {lora_steps:,} optimizer steps in "
-      f"{section2_sizes['lora_epochs']} epoch(s)")
 
 # Training configuration
 optimizer, scheduler = make_optimizer(lora_model, LORA_LR, lora_steps)  # AdamW; warm-up, then linear decay
 criterion = nn.CrossEntropyLoss(weight=class_weights)  # class-weighted, as the small BERT's
+print(f"LoRA trains on {len(X_train):,} complaints (max_len {max_len}): {lora_steps:,} optimizer steps in "
+      f"{section2_sizes['lora_epochs']} epoch(s); {type(optimizer).__name__} (lr {optimizer.defaults['lr']}, weight "
+      f"decay {optimizer.defaults['weight_decay']}); criterion: the small BERT's class-weighted cross-entropy")
 
 # %% [markdown]
 # <a id="s2-lora-train"></a>
