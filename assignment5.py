@@ -1367,18 +1367,17 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 
 # %% [markdown]
 # `train_model` follows the seed's ten steps; its comments carry their numbers. Beyond them it clips
-# gradients at 1 and follows the config's learning-rate schedule (`warmup_steps`, `lr_decay`): a
-# constant rate with `get_config()`'s defaults, a warm-up and then a decay in the `full` and `cpu`
-# profiles. Per batch, `compute_loss` moves the batch to the device and runs encoder, decoder,
-# projection and loss; `optimizer_step` does backward, clipping, step and zeroing the gradients.
+# gradients at 1 and follows the config's learning-rate schedule (`warmup_steps`, `lr_decay`): constant
+# with `get_config()`'s defaults, a warm-up and then a decay in the `full` and `cpu` profiles. Per batch,
+# `compute_loss` runs encoder, decoder, projection and loss; `optimizer_step` does backward, clipping,
+# step and zeroing the gradients. `run_validation` runs every `bleu_every` epochs (1 by default, as in
+# the seed) and after the last.
 #
-# `run_validation` runs every `bleu_every` epochs (1 by default, as in the seed) and after the last
-# (`bleu_due`). A checkpoint also holds the schedule, the fp16 scaler and the random states: in the repository's tests
-# (`tests/test_transformer.py`, fp32, fp16 and bf16), a run stopped after one epoch and resumed ends with
-# the same weights (to 1e-6) and losses as one run straight through. One trained with another model shape or data
-# is not preloaded. The folded cells
-# below hold the device and precision choice, the schedule, the loss meter and the epoch's printed line,
-# and the checkpoint plumbing.
+# A checkpoint also holds the schedule, the fp16 scaler and the random states. The repository's tests
+# (`tests/test_transformer.py`) check that a run resumed after one epoch ends with the weights (to 1e-6)
+# and losses of a run straight through, in fp32, fp16 and bf16. A checkpoint of another model shape or
+# data is not preloaded. The folded cells below hold the device and precision choice, the schedule and
+# the epoch's printed line, and the checkpoint plumbing.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
