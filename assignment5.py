@@ -409,7 +409,7 @@ class PositionalEncoding(nn.Module):
 #
 # ## Part 3: layer normalization
 #
-# `forward` computes each token's mean and standard deviation over its features, normalises (`eps` keeps
+# `forward` computes each token's mean and (population) standard deviation over its features, normalises (`eps` keeps
 # the division finite), then scales by `alpha` (starts at 1) and shifts by `bias` (starts at 0). With
 # `features=d_model`, as the model passes, there is one `alpha` and one `bias` per feature, like
 # `nn.LayerNorm` (which divides by $\sqrt{\mathrm{var} + \epsilon}$ instead); without it, one scalar each.
@@ -2073,8 +2073,9 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 
 # %% [markdown]
 # The run sizes of this section. Each model keeps the weights of its best validation macro-F1, then meets
-# the test split once. LoRA runs `lora_epochs` epochs: two on `cpu`, what the 45 minutes leave room for; in the
-# benchmark report (`bench/README.md`) the second epoch lifts LoRA's validation macro-F1 from 0.726 to 0.772.
+# the test split once. LoRA runs `lora_epochs` epochs, two on `cpu`: the benchmark report (`bench/README.md`) keeps the rest
+# of the 45 minutes as a margin for slower hours of the shared machine it renders on, and there the second
+# epoch lifts LoRA's validation macro-F1 from 0.726 to 0.772 (this run prints its own below).
 
 # %% tags=["lib"]
 # @title Section 2 settings: profiles, model shapes, split sizes
