@@ -774,6 +774,15 @@ def download_opus_books(lang_src: str, lang_tgt: str, cache: Path) -> bool:
         return False
 
 
+def cached_opus_books(lang_src: str, lang_tgt: str, allow_downloads: bool) -> Path:
+    """opus_books' cache file, downloaded first when it is missing and downloads are allowed; a failed download
+    leaves it missing."""
+    cache = opus_books_cache(lang_src, lang_tgt)
+    if not cache.is_file() and allow_downloads:
+        download_opus_books(lang_src, lang_tgt, cache)
+    return cache
+
+
 def load_bible_pairs(lang_src: str, lang_tgt: str) -> list[dict]:
     missing = [lang for lang in (lang_src, lang_tgt) if lang not in BIBLE_VERSIONS]
     if missing:
@@ -810,10 +819,8 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
         return load_bible_pairs(src, tgt)
     if source != OPUS_BOOKS:
         return load_local_pairs(Path(source), src, tgt)
-    cache = opus_books_cache(src, tgt)
-    if not cache.exists() and allow_downloads:
-        download_opus_books(src, tgt, cache)  # on failure it warns and leaves no cache
-    if not cache.exists():
+    cache = cached_opus_books(src, tgt, allow_downloads)
+    if not cache.is_file():
         raise FileNotFoundError(f"{shown_path(cache)} is missing and cannot be downloaded: run online, or use "
                                 "config['datasource'] = 'bible' (the offline stand-in)")
     return load_local_pairs(cache, src, tgt)
@@ -1763,9 +1770,7 @@ TRANSLATION_PROFILES = {
 PROFILE = resolve_profile(PROFILE)
 set_seed(SEED)
 print(f"Profile: {PROFILE}")
-opus_cache = opus_books_cache("en", "it")  # opus_books when cached or downloaded now, else the Bible stand-in
-if not opus_cache.is_file() and HUB_ONLINE:
-    download_opus_books("en", "it", opus_cache)  # on failure it warns and leaves no cache
+opus_cache = cached_opus_books("en", "it", HUB_ONLINE)  # opus_books when cached or downloaded now
 if opus_cache.is_file():
     corpus, datasource = "opus_books", OPUS_BOOKS
 else:
