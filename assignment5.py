@@ -363,8 +363,8 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 # ## Part 1: Input Embeddings
 #
 # Token ids become learned vectors of size `d_model` (`nn.Embedding`), multiplied by
-# $\sqrt{d_{model}}$ as in the paper (section 3.4), which keeps the embeddings from being small next to
-# the positional encodings added in Part 2.
+# $\sqrt{d_{model}}$ as in the paper (section 3.4), which scales them up next to the positional
+# encodings (values in $[-1, 1]$) added in Part 2.
 
 # %% tags=["lib", "todo"]
 class InputEmbeddings(nn.Module):
@@ -2079,8 +2079,8 @@ warnings.filterwarnings("ignore", message="Unknown solver options")  # scikit-le
 # %% [markdown]
 # The run sizes of this section. Each model keeps the weights of its best validation macro-F1, then meets
 # the test split once. LoRA runs `lora_epochs` epochs, two on `cpu`: the benchmark report (`bench/README.md`) keeps the rest
-# of the 45 minutes as a margin for slower hours of the shared machine it renders on, and there the second
-# epoch lifts LoRA's validation macro-F1 from 0.726 to 0.772 (this run prints its own below).
+# of the 45 minutes as a margin for slower hours of the shared machine it renders on, and measures what
+# the second epoch adds to LoRA's validation macro-F1; this run prints its own epochs below.
 
 # %% tags=["lib"]
 # @title Section 2 settings: profiles, model shapes, split sizes
