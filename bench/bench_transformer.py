@@ -82,7 +82,7 @@ def seed_decode_ms_per_token(lib, model, dataset, tok_src, tok_tgt, n_sentences:
 def our_decode_ms_per_token(lib, model, dataset, tok_tgt, n_sentences: int, max_len: int) -> float:
     set_textbook_attention(model, False)
     model.eval()
-    indices = [dataset.indices[i] for i in range(n_sentences)]  # a Subset of the BilingualDataset
+    indices = [dataset.indices[i] for i in range(n_sentences)]  # a Subset of the BilingualBatches
     source = dataset.dataset.__getitems__(indices)["encoder_input"]
     sos, eos, pad = lib.special_ids(tok_tgt)
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def main() -> None:
         pairs = [p for p in lib.load_translation_pairs(config) if all(t.strip() for t in p["translation"].values())]
         tok_src, tok_tgt = lib.build_tokenizer(config, pairs, "en"), lib.build_tokenizer(config, pairs, "it")
     pairs, *_ = lib.drop_long_pairs(pairs, tok_src, tok_tgt, "en", "it", config["seq_len"])
-    dataset = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", config["seq_len"])
+    dataset = lib.BilingualBatches(pairs, tok_src, tok_tgt, "en", "it", config["seq_len"])
     model = lib.get_model(config, tok_src.get_vocab_size(), tok_tgt.get_vocab_size())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(dataset):,} KJV->Diodati pairs; "
           f"model d_model={config['d_model']} N={config['N']} h={config['h']} d_ff={config['d_ff']} "

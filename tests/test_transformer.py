@@ -176,7 +176,7 @@ def test_casual_mask(lib):
 
 def test_batch_masks_equal_the_per_item_masks(lib, tokenizers):
     tok_src, tok_tgt, pairs = tokenizers
-    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
+    ds = lib.BilingualBatches(pairs, tok_src, tok_tgt, "en", "it", 40)
     indices = [0, 5, 9]
     batch = ds.__getitems__(indices)
     encoder_mask, decoder_mask = lib.batch_masks(batch["encoder_input"], batch["decoder_input"], 1)
@@ -196,7 +196,7 @@ def test_batch_masks_equal_the_per_item_masks(lib, tokenizers):
 
 def test_batch_check_notices_a_batch_that_differs_from_the_items(lib, tokenizers):
     tok_src, tok_tgt, pairs = tokenizers
-    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
+    ds = lib.BilingualBatches(pairs, tok_src, tok_tgt, "en", "it", 40)
     indices = [0, 5, 9]
     built = ds.__getitems__(indices)
     ds.__getitems__ = lambda rows: built | {"label": built["label"].flip(0)}  # the labels of other rows
@@ -272,7 +272,7 @@ def test_bilingual_dataset_layout_and_masks(lib, tokenizers):
 
 def test_length_grouped_batches_trim_without_losing_tokens(lib, tokenizers):
     tok_src, tok_tgt, pairs = tokenizers
-    ds = lib.BilingualDataset(pairs, tok_src, tok_tgt, "en", "it", 40)
+    ds = lib.BilingualBatches(pairs, tok_src, tok_tgt, "en", "it", 40)
     loader = lib.pair_loader(ds, batch_size=16, shuffle=True, seed=3)
     seen = []
     for batch in loader:
