@@ -1489,7 +1489,7 @@ def model_parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 # %% tags=["lib"]
-# @title Training support: validation loss, learning-rate schedule, loss meter, the epoch's line
+# @title Training support: validation loss, learning-rate schedule, loss meter and its TensorBoard log, the epoch's line
 @torch.no_grad()
 def validation_loss(model, val_dataloader: DataLoader, loss_fn, device, precision: Precision, config: dict) -> float:
     """Mean loss per target token over the validation split, in batches capped by padded tokens like training's
@@ -1551,6 +1551,17 @@ class LossMeter:
 
     def epoch_loss(self) -> float:
         return self.total.item() / max(self.tokens, 1)
+
+
+def log_training_loss(writer, losses: LossMeter, progress: dict, optimizer, batch_iterator) -> None:
+    """Logs to TensorBoard the mean training loss of the steps since the last call (train/loss) and the learning
+    rate (train/lr) at the global step; the loss also goes to the progress bar and to progress["step_losses"]."""
+    logged = losses.take_window()  # the step's only host synchronisation, every log_every steps
+    step = progress["global_step"]
+    progress["step_losses"].append((step, logged))
+    writer.add_scalar("train/loss", logged, step)
+    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
 
 
 def epoch_record(epoch: int, losses: LossMeter, global_step: int) -> dict:
@@ -1741,11 +1752,7 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
             losses.add(loss, batch["tgt_tokens"])
             progress["global_step"] += 1
             if progress["global_step"] % config["log_every"] == 0:  # TensorBoard: the mean loss of the last steps
-                logged = losses.take_window()  # the step's only host synchronisation, every log_every steps
-                progress["step_losses"].append((progress["global_step"], logged))
-                writer.add_scalar("train/loss", logged, progress["global_step"])
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress["global_step"])
-                batch_iterator.set_postfix({"loss": f"{logged:6.3f}"})
+                log_training_loss(writer, losses, progress, optimizer, batch_iterator)
 
         # after each epoch: the validation loss, and run_validation when due
         record = epoch_record(epoch, losses, progress["global_step"])
