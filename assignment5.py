@@ -66,7 +66,7 @@
 # | `build_tokenizer` | [Part 10](#s1-p10) | vocabulary sizes (training run) |
 # | `get_all_sentences`, `get_ds`, `casual_mask`, `BilingualDataset` | [Part 11](#s1-p11) | pair counts, longest sentences; a training batch (`__getitems__`) checked against `BilingualDataset[i]` (training run) |
 # | `greedy_decode`, `run_validation` | [Part 12](#s1-p12) | example translations by `greedy_decode`; BLEU/chrF of the whole split by the batched decoder, checked against `greedy_decode` on the printed examples (training run) and in [Greedy vs beam search](#s1-decoding) |
-# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (per batch: `compute_loss`, `optimizer_step`; steps 7 and 10, folded: `preload_checkpoint`, `save_checkpoint`) | [Part 13](#s1-p13) | – |
+# | `get_model`, `get_config`, `get_weights_file_path`, `train_model` (per batch: `compute_loss`, `optimizer_step`; steps 7 and 10: `preload_checkpoint`, `save_checkpoint`) | [Part 13](#s1-p13) | – |
 # | training the Transformer | [Training run](#s1-training-run) | a line per epoch; [loss curves](#s1-curves); BLEU/chrF of greedy and beam search in [Greedy vs beam search](#s1-decoding); [conclusions](#s1-conclusions) |
 # | **Section 2** | | |
 # | `1.2` load the data | [`1.2`](#s2-1-2) | rows read |
@@ -945,7 +945,8 @@ def get_ds(config: dict, allow_downloads: bool = True):
 # %% [markdown]
 # `casual_mask` (the seed's spelling) lets position *i* attend to positions $\le i$ only: `torch.triu`
 # marks the positions above the diagonal, and the mask is where that matrix is zero. It is built on the
-# batch's device.
+# batch's device. `batch_masks` builds a padded batch's two masks from it and from the padding: the
+# encoder's hides `[PAD]`, the decoder's hides `[PAD]` and the positions ahead.
 
 # %% tags=["lib", "todo"]
 def casual_mask(size: int, device=None) -> torch.Tensor:
@@ -953,8 +954,6 @@ def casual_mask(size: int, device=None) -> torch.Tensor:
     return mask == 0  # (1, size, size): True where position i may attend to position j <= i
 
 
-# %% tags=["lib"]
-# @title Masks of a padded batch, built on its device (batch_masks)
 def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None, pad_id: int):
     """Masks of a padded batch, built where the batch lives: encoder (B, 1, 1, S), decoder (B, 1, T, T)."""
     encoder_mask = (encoder_input != pad_id)[:, None, None, :]
@@ -964,14 +963,14 @@ def batch_masks(encoder_input: torch.Tensor, decoder_input: torch.Tensor | None,
     return encoder_mask, (decoder_input != pad_id)[:, None, None, :] & casual_mask(size, decoder_input.device)
 
 
+
 # %% [markdown]
 # `BilingualDataset[i]` is the seed's item: `encoder_input` (`[SOS] source [EOS] [PAD]…`),
 # `decoder_input` (`[SOS] target [PAD]…`), `label` (target + `[EOS]`), all `seq_len` long, and the masks.
-# Training asks for whole batches instead (`__getitems__` of `BilingualBatches`, the folded subclass that `get_ds`
-# builds): the same layout padded to the batch's longest sentence, and the same masks, built on the device by
-# `batch_masks` (folded above).
-# Under the training run, a cell takes one batch of the training loader and asserts that it equals
-# these items of the same pairs, padded on to `seq_len`, masks included.
+# Training asks for whole batches instead (`__getitems__` of `BilingualBatches`, the folded subclass that
+# `get_ds` builds): these items trimmed to the batch's longest sentence, their masks built on the device by
+# `batch_masks`. Under the training run, a cell asserts that a training batch equals these items of the same
+# pairs, masks included.
 
 # %% tags=["lib", "todo"]
 class BilingualDataset(Dataset):
@@ -1099,8 +1098,8 @@ def greedy_decode(model, source, source_mask, tokenizer_src, tokenizer_tgt, max_
 
 # %% [markdown]
 # `run_validation` prints `num_examples` source / target / prediction triples by `greedy_decode`, as in
-# the seed (the validation split's first pairs; it keeps the corpus order), then translates the **whole** validation split with the batched decoder and
-# scores it with sacreBLEU (`score_split`, folded below): corpus BLEU and chrF (character n-grams, partial credit for inflections).
+# the seed (the validation split's first pairs; it keeps the corpus order), then translates the **whole** validation split with the batched `translate` (folded below)
+# and scores it with sacreBLEU: corpus BLEU and chrF (character n-grams, partial credit for inflections).
 # A last line says for how many of the printed examples the batched decoder wrote `greedy_decode`'s
 # text. Outputs are printed and scored as written. `allow_unk` and `repeat_guard` act on every decoder alike.
 
@@ -1238,24 +1237,6 @@ def unk_share(texts: list[str], tokenizer: Tokenizer, written_only: bool = False
     return unknown / max(total, 1)
 
 
-# %% tags=["lib"]
-# @title Scoring the whole split: the batched greedy decoder's texts, BLEU and chrF by sacreBLEU (score_split)
-@torch.no_grad()
-def score_split(model, dataset, tokenizer_src: Tokenizer, tokenizer_tgt: Tokenizer, max_len: int, device,
-                batch_size: int = 64, allow_unk: bool = True, repeat_guard: int = 0) -> dict:
-    """Every source sentence of `dataset` translated by `translate` (one beam: greedy) and scored as written, any
-    [UNK] included: corpus BLEU and chrF, the texts, the seconds taken and sacreBLEU's signatures."""
-    started = time.perf_counter()
-    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
-                          allow_unk=allow_unk, repeat_guard=repeat_guard)
-    seconds = time.perf_counter() - started
-    expected = dataset.tgt_texts
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
-    bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
-    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected,
-            "seconds": seconds, "signatures": f"BLEU {bleu.get_signature()}, chrF {chrf.get_signature()}"}
-
-
 # %% tags=["lib", "todo"]
 @torch.no_grad()
 def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, device, print_msg,
@@ -1278,17 +1259,22 @@ def run_validation(model, validation_ds, tokenizer_src, tokenizer_tgt, max_len, 
     if num_examples:
         print_msg("-" * 80)
 
-    # the whole split: translated by the batched decoder, then BLEU and chrF (score_split, folded above)
-    scores = score_split(model, dataset, tokenizer_src, tokenizer_tgt, max_len, device, batch_size, allow_unk, repeat_guard)
-    print_msg(f"Validation on {len(dataset):,} sentences: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
+    started = time.perf_counter()
+    predicted = translate(model, dataset.src_texts, tokenizer_src, tokenizer_tgt, max_len, device, batch_size=batch_size,
+                          allow_unk=allow_unk, repeat_guard=repeat_guard)
+    seconds, expected = time.perf_counter() - started, dataset.tgt_texts  # scored as written, any [UNK] included
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(predicted, [expected]), chrf.corpus_score(predicted, [expected])
+    print_msg(f"Validation on {len(expected):,} sentences: BLEU {bleu_score.score:.2f}  chrF {chrf_score.score:.2f}")
     if shown:
-        same = sum(a == b for a, b in zip(shown, scores["predicted"]))
+        same = sum(a == b for a, b in zip(shown, predicted))
         print_msg(f"The batched decoder writes greedy_decode's text for {same} of the {len(shown)} examples above")
     if writer is not None:
-        writer.add_scalar("validation/BLEU", scores["bleu"], global_state)
-        writer.add_scalar("validation/chrF", scores["chrf"], global_state)
+        writer.add_scalar("validation/BLEU", bleu_score.score, global_state)
+        writer.add_scalar("validation/chrF", chrf_score.score, global_state)
         writer.flush()
-    return scores
+    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "predicted": predicted, "expected": expected,
+            "seconds": seconds, "signatures": f"BLEU {bleu.get_signature()}, chrF {chrf.get_signature()}"}
 
 
 # %% [markdown]
@@ -1412,10 +1398,11 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # step and zeroing the gradients. `run_validation` runs every `bleu_every` epochs (1 by default, as in
 # the seed) and after the last.
 #
-# Steps 7 and 10 sit in the last folded cell below. After each epoch `save_checkpoint` writes one file
-# with the model, the optimizer, the schedule, the fp16 scaler, the global step, the history and the random
-# states. `preload_checkpoint` restores them all and resumes after the saved epoch, unless the checkpoint
-# was trained with another model shape or data. The repository's tests check that a run resumed after one
+# After each epoch `save_checkpoint` (step 10) writes one file with the model, the optimizer, the
+# schedule, the fp16 scaler, the global step, the history and the random states; `preload_checkpoint`
+# (step 7) restores them all and resumes after the saved epoch, unless the checkpoint was trained with
+# another model shape or data. The folded cells below hold the device and precision choice, the schedule,
+# the loss meter and the epoch's line, and the checkpoint plumbing. The repository's tests check that a run resumed after one
 # epoch ends with the weights (to 1e-6) and losses of a run straight through, in fp32, fp16 and bf16.
 
 # %% tags=["lib"]
@@ -1591,7 +1578,7 @@ def epoch_line(record: dict, num_epochs: int) -> str:
 
 
 # %% tags=["lib"]
-# @title Checkpoints, train_model's steps 7 and 10 (preload_checkpoint, save_checkpoint), and the random states they keep
+# @title Checkpoint plumbing: random states, which checkpoint to preload, the settings a resume must share
 def rng_states() -> dict:
     """Every generator the run draws from, as bytes and tuples, usable wherever `torch.load` maps a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global generator)
@@ -1637,6 +1624,8 @@ def changed_settings(saved: dict, config: dict) -> str:
     return ", ".join(changed)
 
 
+
+# %% tags=["lib", "todo"]
 def save_checkpoint(config: dict, epoch: int, progress: dict, stateful: dict) -> None:
     """One atomic file with all that an exact resume needs; older ones are deleted unless config keeps them."""
     checkpoint = Path(get_weights_file_path(config, f"{epoch:02d}"))
@@ -1668,6 +1657,7 @@ def preload_checkpoint(config: dict, stateful: dict) -> tuple[int, dict]:
     progress = {"global_step": state["global_step"], "history": state["history"],
                 "step_losses": state.get("step_losses", [])}
     return state["epoch"] + 1, progress
+
 
 
 # %% tags=["lib", "todo"]
@@ -1780,8 +1770,10 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
 #
 # `TRANSLATION_PROFILES` (folded below) overrides `get_config()` per profile: `full` is the paper's model
 # for a GPU (batches of up to 2,048 padded tokens, warm-up, cosine decay, Adam β2 0.98); `cpu` is a
-# 2-layer, 192-wide model with which the whole notebook runs within 45 minutes on two CPU cores, its
-# settings measured in the benchmark report (`bench/README.md`); `smoke` is CI's. The run prints the pair
+# 2-layer, 192-wide model with which the whole notebook runs within 45 minutes on two CPU cores; its
+# other settings (no dropout, a tied target embedding, words seen 5 times, no `[UNK]` written, the repeat
+# guard) led in the benchmark report (`bench/README.md`) on a development split held out of the training
+# pairs, so the validation split scored below chose none of them; `smoke` is CI's. The run prints the pair
 # counts and the parameter count, then a line per epoch; each time `run_validation` runs (every
 # `bleu_every` epochs of the profile, 1 by default, and after the last) it prints two example
 # translations and the BLEU/chrF of the whole validation split. A run resumes from this profile's
@@ -1793,8 +1785,9 @@ TRANSLATION_PROFILES = {
     "full": {"batch_size": 512, "max_tokens": 2048, "lr": 7e-4, "warmup_steps": 800, "lr_decay": "cosine",
              "adam_betas": (0.9, 0.98), "eval_batch_size": 256, "bleu_every": 5},
     # cpu: tied embedding, beta2 0.98 and lr 2e-3 led at equal CPU time in bench/bench_cpu_recipe.py, and
-    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK], the repeat guard and d_ff 384 led on
-    # the development split after the whole schedule in bench/bench_cpu_horizon.py (bench/README.md)
+    # min_frequency 5 makes a step 19% cheaper; no dropout, no [UNK], the repeat guard and d_ff 384 led after the
+    # whole schedule in bench/bench_cpu_horizon.py on a development split held out of the training pairs
+    # (bench/README.md): the validation split scored here chose nothing
     "cpu": {"batch_size": 32, "num_epochs": 5, "lr": 2e-3, "warmup_steps": 300, "lr_decay": "cosine",
             "adam_betas": (0.9, 0.98), "tie_embeddings": True, "seq_len": 64, "d_model": 192, "N": 2, "h": 4,
             "d_ff": 384, "dropout": 0.0, "min_frequency": 5, "allow_unk": False, "repeat_guard": 4},
@@ -2065,7 +2058,7 @@ display(Markdown("\n".join([
     f"{p_text['BLEU']}) and takes {beam_row['decode time (s)'] / greedy_row['decode time (s)']:.1f}× as long. "
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
     f"{history['train_seconds'].sum() / 60:.1f} min of training on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
-    f"of {curve_phrase}. {decoder_sentence}{reference_unk:.1f}% of "
+    f"of {curve_phrase}, against a training loss of {history['train_loss'].iloc[-1]:.3f}. {decoder_sentence}{reference_unk:.1f}% of "
     f"the reference tokens are `[UNK]`, words that the target vocabulary of {tokenizer_tgt.get_vocab_size():,} entries "
     "does not hold."])))
 
@@ -3102,6 +3095,14 @@ def versus(a: str, b: str) -> tuple[str, list[str]]:
     return ", ".join(f"{verdict} on {' and '.join(labels)}" for verdict, labels in metrics_by_verdict.items()), cells
 
 
+def best_validation(history: list[dict]) -> str:
+    """The best validation macro-F1 of a training history, and the epoch that reached it."""
+    best = max(history, key=lambda h: h["val_f1"])
+    if best["epoch"] == len(history):
+        return f"{best['val_f1']:.3f} (its last epoch)"
+    return f"{best['val_f1']:.3f} (epoch {best['epoch']} of {len(history)})"
+
+
 pairs = [(lora_name, bert_name), (lora_name, baseline_name), (bert_name, baseline_name)]
 verdicts = {pair: versus(*pair) for pair in pairs}
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
@@ -3114,7 +3115,9 @@ display(Markdown("\n".join([
     "|---|---|---|---|", *difference_rows, "",
     f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA against "
     f"the small BERT: {verdicts[pairs[0]][0]}. Against the TF-IDF baseline, LoRA: {verdicts[pairs[1]][0]}; the small "
-    f"BERT: {verdicts[pairs[2]][0]}. "
+    f"BERT: {verdicts[pairs[2]][0]}. The best validation macro-F1 was {best_validation(bert_history)} for the small "
+    f"BERT and {best_validation(lora_history)} for LoRA; on test they score {test_metrics[bert_name]['f1_macro']:.3f} "
+    f"and {test_metrics[lora_name]['f1_macro']:.3f}. "
     f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
     f"The transformers read the first {max_len} tokens; on validation the baseline's macro-F1 is "
     f"{val_comparison.iloc[0]:.3f} on whole complaints and {val_comparison.iloc[1]:.3f} on those tokens. "
