@@ -1402,8 +1402,9 @@ def get_weights_file_path(config: dict, epoch: str) -> str:
 # schedule, the fp16 scaler, the global step, the history and the random states; `preload_checkpoint`
 # (step 7) restores them all and resumes after the saved epoch, unless the checkpoint was trained with
 # another model shape or data. The folded cells below hold the device and precision choice, the schedule,
-# the loss meter and the epoch's line, and the checkpoint plumbing. The repository's tests check that a run resumed after one
-# epoch ends with the weights (to 1e-6) and losses of a run straight through, in fp32, fp16 and bf16.
+# the loss meter and the epoch's line, and the checkpoint plumbing. The repository's tests check that a run
+# resumed after one epoch ends with the weights (to 1e-6) and losses of a run straight through, in fp32,
+# fp16 and bf16.
 
 # %% tags=["lib"]
 # @title Device, precision and seeds: chosen once for the run
@@ -1771,9 +1772,9 @@ def train_model(config: dict, allow_downloads: bool = True, precision: Precision
 # `TRANSLATION_PROFILES` (folded below) overrides `get_config()` per profile: `full` is the paper's model
 # for a GPU (batches of up to 2,048 padded tokens, warm-up, cosine decay, Adam β2 0.98); `cpu` is a
 # 2-layer, 192-wide model with which the whole notebook runs within 45 minutes on two CPU cores; its
-# other settings (no dropout, a tied target embedding, words seen 5 times, no `[UNK]` written, the repeat
-# guard) led in the benchmark report (`bench/README.md`) on a development split held out of the training
-# pairs, so the validation split scored below chose none of them; `smoke` is CI's. The run prints the pair
+# other settings (no dropout, a tied target embedding, no `[UNK]` written, the repeat guard; words seen 5
+# times, for speed) were chosen in the benchmark report (`bench/README.md`) on a development split held out
+# of the training pairs, so the validation split scored below chose none of them; `smoke` is CI's. The run prints the pair
 # counts and the parameter count, then a line per epoch; each time `run_validation` runs (every
 # `bleu_every` epochs of the profile, 1 by default, and after the last) it prints two example
 # translations and the BLEU/chrF of the whole validation split. A run resumes from this profile's
