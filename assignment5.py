@@ -3091,6 +3091,8 @@ def versus(a: str, b: str) -> tuple[str, list[str]]:
     metrics_by_verdict = {}
     for (verdict, _), label in zip(verdicts, metric_names.values()):
         metrics_by_verdict.setdefault(verdict, []).append(label)
+    if set(metrics_by_verdict) == {"no measurable difference"}:
+        return "no measurable difference on any of the three metrics", cells
     if len(metrics_by_verdict) == 1:
         return f"{verdicts[0][0]} on all three metrics", cells
     return ", ".join(f"{verdict} on {' and '.join(labels)}" for verdict, labels in metrics_by_verdict.items()), cells
