@@ -3050,7 +3050,7 @@ def interval(name: str, metric: str) -> str:
 
 
 def compared(a: str, b: str, metric: str) -> tuple[str, str]:
-    """(verdict, "a − b = difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
+    """(verdict, "difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
     _, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
                                                seed=SEED, metric=metric)
     score_a, score_b = round(test_metrics[a][metric], 3), round(test_metrics[b][metric], 3)  # as the table shows them
@@ -3060,7 +3060,7 @@ def compared(a: str, b: str, metric: str) -> tuple[str, str]:
         verdict = "worse"
     else:
         verdict = "no measurable difference"
-    return verdict, f"{score_a:.3f} − {score_b:.3f} = {score_a - score_b:+.3f} ({low:+.3f} to {high:+.3f})"
+    return verdict, f"{score_a - score_b:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 if SOURCES["complaints"].standin:
@@ -3087,7 +3087,7 @@ metric_names = {"accuracy": "accuracy", "f1_macro": "macro-F1", "f1_weighted": "
 def versus(a: str, b: str) -> tuple[str, list[str]]:
     """a against b on the three metrics: the verdicts summed up, and a table cell per metric."""
     verdicts = [compared(a, b, metric) for metric in metric_names]
-    cells = [f"{verdict}: {difference.split(' = ')[1]}" for verdict, difference in verdicts]
+    cells = [f"{verdict}: {difference}" for verdict, difference in verdicts]
     metrics_by_verdict = {}
     for (verdict, _), label in zip(verdicts, metric_names.values()):
         metrics_by_verdict.setdefault(verdict, []).append(label)
@@ -3107,18 +3107,18 @@ def best_validation(history: list[dict]) -> str:
 
 
 pairs = [(lora_name, bert_name), (lora_name, baseline_name), (bert_name, baseline_name)]
-verdicts = {pair: versus(*pair) for pair in pairs}
+comparisons = {pair: versus(*pair) for pair in pairs}
 table_rows = [f"| {name} | {interval(name, 'accuracy')} | {interval(name, 'f1_macro')} | "
               f"{test_metrics[name]['f1_weighted']:.3f} | {costs[name]['trainable params']:,} |" for name in test_metrics]
-difference_rows = [f"| {a} − {b} | {' | '.join(cells)} |" for (a, b), (_, cells) in verdicts.items()]
+difference_rows = [f"| {a} − {b} | {' | '.join(cells)} |" for (a, b), (_, cells) in comparisons.items()]
 display(Markdown("\n".join([
     "| test split | accuracy (95% CI) | macro-F1 (95% CI) | weighted-F1 | trainable parameters |",
     "|---|---|---|---:|---:|", *table_rows, "",
     "| paired difference (95% bootstrap interval) | accuracy | macro-F1 | weighted-F1 |",
     "|---|---|---|---|", *difference_rows, "",
     f"**Results.** On {len(X_test):,} test complaints of {complaint_source} ({len(class_names)} classes), LoRA against "
-    f"the small BERT: {verdicts[pairs[0]][0]}. Against the TF-IDF baseline, LoRA: {verdicts[pairs[1]][0]}; the small "
-    f"BERT: {verdicts[pairs[2]][0]}. The best validation macro-F1 was {best_validation(bert_history)} for the small "
+    f"the small BERT: {comparisons[pairs[0]][0]}. Against the TF-IDF baseline, LoRA: "
+    f"{comparisons[pairs[1]][0]}; the small BERT: {comparisons[pairs[2]][0]}. The best validation macro-F1 was {best_validation(bert_history)} for the small "
     f"BERT and {best_validation(lora_history)} for LoRA; on test they score {test_metrics[bert_name]['f1_macro']:.3f} "
     f"and {test_metrics[lora_name]['f1_macro']:.3f}. "
     f"LoRA's run differs from the small BERT's in more than pretraining: {differences_text}. "
