@@ -340,6 +340,7 @@ import numpy as np
 import pandas as pd
 import sacrebleu
 from sacrebleu.significance import PairedTest
+from sklearn.feature_extraction.text import TfidfVectorizer
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -1907,10 +1908,11 @@ plot_translation_curves(result["step_losses"], history, translation_config["log_
 # Greedy output comes from the last `run_validation`; a beam of 4 decodes the same sentences with the
 # same settings, and sacreBLEU's paired bootstrap (1,000 resamples) tests the difference. "Loop" means an
 # n-gram of up to 4 words or punctuation marks repeated three times in a row in the output text. The
-# seed's `greedy_decode` is checked against the batched greedy decoder on the first 40 sentences.
+# seed's `greedy_decode` is checked against the batched greedy decoder on the first 40 sentences. BLEU is also
+# scored without the validation sentences that have a near-duplicate among the training sources.
 
 # %% tags=["lib"]
-# @title Comparing the decoders (decoder_scores, greedy_decode_agreement, bleu_by_length, show_texts)
+# @title Comparing the decoders (decoder_scores, greedy_decode_agreement, bleu_by_length, nearest_training_similarity, show_texts)
 def p_value_text(p: float) -> str:
     """A bootstrap p-value as printed: at its floor with 1,000 resamples (1/1,001) it reads '≤ 0.001'."""
     if p < 0.0011:
@@ -1966,6 +1968,18 @@ def bleu_by_length(outputs: dict, src_texts: list[str], tgt_texts: list[str]) ->
     return table
 
 
+NEAR_DUPLICATE = 0.8  # a validation sentence this similar to a training sentence counts as a near-duplicate
+
+
+def nearest_training_similarity(train_texts: list[str], texts: list[str], chunk: int = 512) -> np.ndarray:
+    """Each text's highest cosine similarity to any training text, as TF-IDF vectors of character 3- to 5-grams
+    within words (fitted on the training texts): 1 for a verbatim copy, close to 1 for a near-duplicate."""
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit(train_texts)
+    train, scored = vectorizer.transform(train_texts), vectorizer.transform(texts)
+    best = [(scored[i:i + chunk] @ train.T).max(axis=1).toarray().ravel() for i in range(0, len(texts), chunk)]
+    return np.concatenate(best)
+
+
 def show_texts(frame: pd.DataFrame, caption: str = "") -> None:
     """A table of sentences, wrapped and left-aligned, without the index."""
     with pd.option_context("display.max_colwidth", None):
@@ -1974,7 +1988,7 @@ def show_texts(frame: pd.DataFrame, caption: str = "") -> None:
 
 
 # %%
-# @title Greedy against beam search on the whole validation split: scores, greedy_decode's agreement, BLEU by length, examples
+# @title Greedy against beam search on the whole validation split: scores, greedy_decode's agreement, BLEU by length and without near-duplicates, examples
 val_pairs = result["val_dataloader"].dataset
 tokenizer_src, tokenizer_tgt = result["tokenizer_src"], result["tokenizer_tgt"]
 decoding_settings = {key: translation_config[key] for key in ("allow_unk", "repeat_guard")}
@@ -2001,6 +2015,14 @@ print(f"greedy_decode (one sentence at a time, no cache) writes the same text as
 by_length = bleu_by_length(outputs, val_pairs.src_texts, val_pairs.tgt_texts)
 display(by_length.style.format({"sentences": "{:,.0f}", "greedy": "{:.2f}", "beam (4)": "{:.2f}"}).set_caption(
     "BLEU by source length (words)"))
+similarity = nearest_training_similarity(result["train_dataloader"].dataset.src_texts, val_pairs.src_texts)
+unseen = np.flatnonzero(similarity < NEAR_DUPLICATE)  # validation sentences with no near-duplicate in training
+unseen_bleu = {name: sacrebleu.corpus_bleu([texts[i] for i in unseen], [[val_pairs.tgt_texts[i] for i in unseen]]).score
+               for name, texts in outputs.items()}
+near_count = len(val_pairs) - len(unseen)
+print(f"{near_count:,} validation sources ({near_count / len(val_pairs):.1%}) have a near-duplicate in training (cosine "
+      f"≥ {NEAR_DUPLICATE} between TF-IDF vectors of character 3- to 5-grams); BLEU on the other {len(unseen):,}: greedy "
+      f"{unseen_bleu['greedy']:.2f}, beam {unseen_bleu['beam (4)']:.2f}")
 sample_idx = list(range(0, len(val_pairs), max(1, len(val_pairs) // 4)))[:4]
 show_texts(pd.DataFrame({"source (en)": val_pairs.src_texts, "reference (it)": val_pairs.tgt_texts, **outputs})
            .iloc[sample_idx])
@@ -2050,6 +2072,11 @@ if translation_config["repeat_guard"]:
 table_rows = [f"| {name} | {row['BLEU']:.2f} ± {row['BLEU 95% ±']:.2f} | {row['chrF']:.2f} | "
               f"{row['outputs in a loop (%)']:.1f}% | {row['[UNK] share of tokens (%)']:.1f}% |"
               for name, row in decoding.iterrows()]
+if near_count:
+    near_sentence = (f"Without the {near_count:,} validation sentences that have a near-duplicate in training, greedy "
+                     f"BLEU is {unseen_bleu['greedy']:.2f}. ")
+else:
+    near_sentence = "No validation sentence has a near-duplicate in training. "
 display(Markdown("\n".join([
     "| decoding (validation) | BLEU (95% ±) | chrF | outputs in a loop | `[UNK]` share of tokens |",
     "|---|---:|---:|---:|---:|", *table_rows, f"| references | – | – | – | {reference_unk:.1f}% |", "",
@@ -2057,6 +2084,7 @@ display(Markdown("\n".join([
     f"verbatim in training, greedy decoding scores BLEU {greedy_row['BLEU']:.2f} and chrF {greedy_row['chrF']:.2f} after the "
     f"last epoch{progress_phrase}. Beam search is {beam_verdict} greedy decoding ({beam_gain:+.2f} BLEU, paired bootstrap p "
     f"{p_text['BLEU']}) and takes {beam_row['decode time (s)'] / greedy_row['decode time (s)']:.1f}× as long. "
+    f"{near_sentence}"
     f"The model ({translator_params:,} parameters, {len(history)} epochs on {data_name}, "
     f"{history['train_seconds'].sum() / 60:.1f} min of training on {DEVICE} in {RUN_PRECISION.name}) ends at a validation loss "
     f"of {curve_phrase}, against a training loss of {history['train_loss'].iloc[-1]:.3f}. {decoder_sentence}{reference_unk:.1f}% of "
@@ -2096,7 +2124,6 @@ import html
 import textwrap
 
 import transformers
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
@@ -2728,8 +2755,8 @@ base_model, lora_tokenizer, lora_base_origin = load_lora_base(len(class_names), 
                                                                online=HUB_ONLINE)
 lora_base_name = lora_base_origin.split(" (")[0]
 RUN_INFO["sources"]["LoRA base model"] = hub_source(lora_base_origin, ALLOW_DOWNLOADS, HUB_ONLINE)  # what was loaded, may differ from the plan
-print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}; its new head, trained in full: "
-      f"{base_model.classifier}")
+print(f"LoRA base model: {lora_base_origin}, loaded as {type(base_model).__name__}, with a tokenizer of "
+      f"{len(lora_tokenizer):,} entries; its new head, trained in full: {base_model.classifier}")
 lora_config = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA_HPARAMS)
 print("LoraConfig:", {k: getattr(lora_config, k) for k in ("task_type", *LORA_HPARAMS)})
 
@@ -2831,7 +2858,9 @@ val_comparison = pd.Series({
     f"TF-IDF, first {max_len} tokens": macro_f1(y_val, truncated.predict(first_tokens(X_val, lora_tokenizer, max_len)),
                                                     len(class_names)),
     **{f"{name}, best epoch": f1 for name, f1 in best_val_f1.items()}}, name="validation macro-F1")
-display(val_comparison.to_frame().style.format("{:.3f}"))
+display(val_comparison.to_frame().style.format("{:.3f}").set_caption(
+    "Each row's settings were picked on this split (C, the epoch kept, LoRA's settings), so these scores are "
+    "optimistic; the test split, scored once, compares the models"))
 
 # %% [markdown]
 # <a id="s2-test"></a>
@@ -3049,6 +3078,13 @@ def interval(name: str, metric: str) -> str:
     return f"{test_metrics[name][metric]:.3f} ({low:.3f}–{high:.3f})"
 
 
+def signed(value: float) -> str:
+    """+0.012; a value that rounds to zero shows four decimals (-0.0004), so that its sign stays readable."""
+    if round(value, 3) == 0:
+        return f"{value:+.4f}"
+    return f"{value:+.3f}"
+
+
 def compared(a: str, b: str, metric: str) -> tuple[str, str]:
     """(verdict, "difference (interval)") of a minus b on `metric`, by the paired bootstrap."""
     _, low, high = paired_bootstrap_difference(y_test, test_predictions[a], test_predictions[b], len(class_names),
@@ -3060,7 +3096,7 @@ def compared(a: str, b: str, metric: str) -> tuple[str, str]:
         verdict = "worse"
     else:
         verdict = "no measurable difference"
-    return verdict, f"{score_a - score_b:+.3f} ({low:+.3f} to {high:+.3f})"
+    return verdict, f"{score_a - score_b:+.3f} ({signed(low)} to {signed(high)})"
 
 
 if SOURCES["complaints"].standin:

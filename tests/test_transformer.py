@@ -651,6 +651,17 @@ def test_forced_precision(lib):
         lib.choose_precision("cpu", "fp8")
 
 
+def test_near_duplicates_are_found_in_training(lib):
+    train = ["In the beginning God created the heaven and the earth.", "And the earth was without form, and void.",
+             "The LORD is my shepherd; I shall not want."]
+    texts = ["In the beginning God created the heaven and the earth.",  # verbatim
+             "In the beginning God made the heaven and the earth.",  # one word changed
+             "Blessed are the meek: for they shall inherit it."]  # new
+    similarity = lib.nearest_training_similarity(train, texts, chunk=2)  # chunks of 2: the last one is partial
+    assert similarity.shape == (3,)
+    assert similarity[0] == pytest.approx(1.0)
+    assert similarity[1] >= lib.NEAR_DUPLICATE > similarity[2]
+
 def test_tied_embeddings_share_one_matrix(lib):
     untied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32)
     tied = lib.apply_model_options(lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32),
