@@ -3369,6 +3369,8 @@ decoding_note = ""
 if decoding_notes:
     decoding_note = f" ({', '.join(decoding_notes)})"
 def score_interval(score: float, half_width: float) -> str:
+    """'22.95 (22.39–23.51)' from the two numbers as the decoders' table rounds them, so the bounds agree with it."""
+    score, half_width = round(score, 2), round(half_width, 2)
     return f"{score:.2f} ({score - half_width:.2f}–{score + half_width:.2f})"
 
 
