@@ -662,6 +662,7 @@ def test_near_duplicates_are_found_in_training(lib):
     assert similarity[0] == pytest.approx(1.0)
     assert similarity[1] >= lib.NEAR_DUPLICATE > similarity[2]
 
+
 def test_tied_embeddings_share_one_matrix(lib):
     untied = lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32)
     tied = lib.apply_model_options(lib.build_transformer(30, 40, 12, 12, d_model=16, N=1, h=2, d_ff=32),
